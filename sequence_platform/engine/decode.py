@@ -1,0 +1,207 @@
+"""Decoding and validation of raw events: typed valid rows, and rejects with a reason.
+
+The same code decodes landing files (Parquet or JSON Lines) and stream messages, so a record
+is accepted or refused for the same reason whichever path it came by.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import polars as pl
+
+from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS
+from sequence_platform.spec.types import TIMESTAMP, type_name_of
+
+MAX_RECORD_BYTES = 1 << 20
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+ISO_8601 = "%Y-%m-%dT%H:%M:%S%.f%#z"
+
+RECORD = "record"
+"""The raw record as text (the JSON line, or the Parquet row as JSON), kept for dead letters."""
+ORIGIN = "origin"
+"""Where a record came from: ``<file>:<row>`` or ``<topic>/<partition>@<offset>``."""
+REASON = "reason"
+
+DEAD_LETTER_SCHEMA = pl.Schema({RECORD: pl.String(), REASON: pl.String(), ORIGIN: pl.String()})
+
+
+@dataclass(frozen=True)
+class DecodedEvents:
+    valid: pl.DataFrame
+    """Typed events: the event schema plus ``origin``."""
+    rejected: pl.DataFrame
+    """Dead letters: ``record``, ``reason``, ``origin``."""
+
+
+def decode_json_records(
+    records: Sequence[bytes | str | None], origins: Sequence[str], schema: pl.Schema
+) -> DecodedEvents:
+    """Decode JSON objects (one per record) into events of ``schema``.
+
+    Only the JSON parsing and the JSON type of each value are looked at per record; parsing of
+    numbers, timestamps and ranges is vectorised in :func:`validate_events`.
+    """
+    text: list[str | None] = []
+    reasons: list[str | None] = []
+    columns: dict[str, list[str | None]] = {name: [] for name in schema}
+    for record in records:
+        raw, document, reason = _parse_record(record)
+        if reason is None and document is not None:
+            reason = _json_type_problem(document, schema)
+        text.append(raw)
+        reasons.append(reason)
+        for name, values in columns.items():
+            values.append(_as_text(document.get(name)) if document is not None else None)
+    frame = pl.DataFrame(
+        {
+            **{name: pl.Series(name, values, dtype=pl.String) for name, values in columns.items()},
+            RECORD: pl.Series(RECORD, text, dtype=pl.String),
+            ORIGIN: pl.Series(ORIGIN, list(origins), dtype=pl.String),
+            REASON: pl.Series(REASON, reasons, dtype=pl.String),
+        }
+    )
+    return validate_events(frame, schema)
+
+
+def validate_events(frame: pl.DataFrame, schema: pl.Schema) -> DecodedEvents:
+    """Split ``frame`` into events of ``schema`` and dead letters.
+
+    ``frame`` holds the fields as text (from JSON) or already typed (from Parquet), an
+    ``origin`` column, and optionally ``record`` and an earlier ``reason``.
+    """
+    if RECORD not in frame.columns:
+        present = [name for name in frame.columns if name not in (ORIGIN, REASON)]
+        record = (
+            pl.struct(present).struct.json_encode() if present else pl.lit("{}", dtype=pl.String)
+        )
+        frame = frame.with_columns(record.alias(RECORD))
+    if REASON not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
+    for name in schema:
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
+
+    parsed = {name: _parse(pl.col(name), frame.schema[name], dtype) for name, dtype in schema.items()}
+    checks: list[pl.Expr] = [pl.col(REASON)]
+    for name, dtype in schema.items():
+        raw, value = pl.col(name), parsed[name]
+        if name in REQUIRED_EVENT_FIELDS:
+            checks.append(pl.when(raw.is_null()).then(pl.lit(f"missing required field '{name}'")))
+        shown = raw.cast(pl.String).str.slice(0, 40)
+        checks.append(
+            pl.when(raw.is_not_null() & value.is_null()).then(
+                pl.format("field '{}': cannot read '{}' as {}", pl.lit(name), shown,
+                          pl.lit(type_name_of(dtype)))
+            )
+        )
+    event_time = parsed["event_time"]
+    checks.append(
+        pl.when(event_time.is_not_null() & pl.col("event_id").cast(pl.String).eq(""))
+        .then(pl.lit("field 'event_id' is empty"))
+    )
+    checks.append(
+        pl.when(
+            (event_time < pl.lit(EARLIEST_EVENT_TIME, dtype=TIMESTAMP))
+            | (event_time >= pl.lit(LATEST_EVENT_TIME, dtype=TIMESTAMP))
+        ).then(
+            pl.format(
+                "field 'event_time': {} is outside {}..{}",
+                event_time.dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                pl.lit(EARLIEST_EVENT_TIME.date().isoformat()),
+                pl.lit(LATEST_EVENT_TIME.date().isoformat()),
+            )
+        )
+    )
+    checked = frame.with_columns(
+        pl.coalesce(checks).alias(REASON), *(value.alias(f"__{n}") for n, value in parsed.items())
+    )
+    valid = checked.filter(pl.col(REASON).is_null()).select(
+        *(pl.col(f"__{name}").alias(name) for name in schema), pl.col(ORIGIN)
+    )
+    rejected = checked.filter(pl.col(REASON).is_not_null()).select(
+        pl.col(RECORD), pl.col(REASON), pl.col(ORIGIN)
+    )
+    return DecodedEvents(valid, rejected)
+
+
+def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
+    """``column`` as ``target``: text is parsed, typed values are cast; unreadable → null."""
+    if source == pl.String and target != pl.String:
+        text = column.str.strip_chars()
+        if isinstance(target, pl.Datetime):
+            epoch = text.str.contains(r"^-?\d+$")
+            from_epoch = text.cast(pl.Int64, strict=False).cast(pl.Datetime("ms")).dt.replace_time_zone(
+                "UTC"
+            )
+            from_iso = text.str.to_datetime(ISO_8601, strict=False, time_unit="ms", time_zone="UTC")
+            return pl.when(epoch).then(from_epoch).otherwise(from_iso)
+        if target == pl.Boolean:
+            return pl.when(text == "true").then(True).when(text == "false").then(False)
+        if isinstance(target, pl.List):
+            return text.str.json_decode(target)
+        if target == pl.Date:
+            return text.str.to_date("%Y-%m-%d", strict=False)
+        return text.cast(target, strict=False)
+    if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime):
+        aware = column if source.time_zone else column.dt.replace_time_zone("UTC")
+        return aware.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
+    return column.cast(target, strict=False)
+
+
+def _parse_record(record: bytes | str | None) -> tuple[str | None, dict[str, object] | None, str | None]:
+    if record is None:
+        return None, None, "empty record"
+    if len(record) > MAX_RECORD_BYTES:
+        return f"<{len(record):,} bytes, not kept>", None, (
+            f"record of {len(record):,} bytes exceeds the limit of {MAX_RECORD_BYTES:,}"
+        )
+    raw = record.decode("utf-8", errors="replace") if isinstance(record, bytes) else record
+    if not raw.strip():
+        return raw, None, "empty record"
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as error:
+        return raw, None, f"not valid JSON: {error.msg} at position {error.pos}"
+    if not isinstance(document, dict):
+        return raw, None, f"not a JSON object but a JSON {type(document).__name__}"
+    return raw, document, None
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "bool": (bool,),
+    "int32": (int,),
+    "int64": (int,),
+    "float32": (int, float),
+    "float64": (int, float),
+    "timestamp": (str, int),
+    "date": (str,),
+}
+
+
+def _json_type_problem(document: dict[str, object], schema: pl.Schema) -> str | None:
+    for name, dtype in schema.items():
+        value = document.get(name)
+        if value is None:
+            continue
+        type_name = type_name_of(dtype)
+        expected = (list,) if type_name.startswith("list[") else _JSON_TYPES.get(type_name, (object,))
+        wrong_bool = isinstance(value, bool) and bool not in expected
+        if wrong_bool or not isinstance(value, expected):
+            return f"field '{name}': expected {type_name}, got JSON {type(value).__name__} {value!r:.40}"
+    return None
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)

@@ -1,0 +1,102 @@
+"""Sequence semantics, exactly as the design states them, in one place.
+
+For a sequence ``S`` and a time ``T``: rows pass ``S.filter``; the window is
+``T - lookback <= event_time < T``; order is ``event_time`` then ``event_id``, both
+descending; the first ``max_length`` are kept. A snapshot stores that per user as list
+columns. Advancing a snapshot by a day and serving a snapshot plus a real-time tail are the
+same operation: merge event rows (earlier copies win), then apply the rule.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.spec.types import TIMESTAMP
+
+LENGTH = "length"
+NEWEST_FIRST = (["event_time", "event_id"], [True, True])
+
+
+def sequence_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
+    """Signal rows that pass ``S.filter``, reduced to ``user_id`` and the stored fields."""
+    frame = signal.filter(pl.sql_expr(spec.filter)) if spec.filter else signal
+    return frame.select("user_id", *spec.stored_fields)
+
+
+def in_window(spec: SequenceSpec, at: datetime, max_age: timedelta | None = None) -> pl.Expr:
+    """``T - lookback <= event_time < T``, optionally narrowed to the newest ``max_age``."""
+    start = at - timedelta(days=spec.lookback_days)
+    if max_age is not None:
+        start = max(start, at - max_age)
+    time = pl.col("event_time")
+    return (time >= pl.lit(start, dtype=TIMESTAMP)) & (time < pl.lit(at, dtype=TIMESTAMP))
+
+
+def newest_first(rows: pl.LazyFrame, max_length: int) -> pl.LazyFrame:
+    """Per user, rows ordered newest first (ties broken by ``event_id``), at most ``max_length``."""
+    columns, descending = NEWEST_FIRST
+    return (
+        rows.sort(["user_id", *columns], descending=[False, *descending])
+        .group_by("user_id", maintain_order=True)
+        .head(max_length)
+    )
+
+
+def merge_rows(*rows_by_priority: pl.LazyFrame) -> pl.LazyFrame:
+    """Union of event rows; where a user's ``event_id`` appears twice the earlier frame wins."""
+    ranked = [
+        frame.with_columns(pl.lit(rank, dtype=pl.UInt32).alias("__rank"))
+        for rank, frame in enumerate(rows_by_priority)
+    ]
+    return (
+        pl.concat(ranked, how="vertical_relaxed")
+        .sort("__rank", maintain_order=True)
+        .unique(subset=["user_id", "event_id"], keep="first", maintain_order=True)
+        .drop("__rank")
+    )
+
+
+def assemble_snapshot(
+    rows: pl.LazyFrame, spec: SequenceSpec, at: datetime, *, max_length: int | None = None
+) -> pl.LazyFrame:
+    """One row per user with at least one row in the window: ``user_id``, ``length`` and one
+    list column per stored field, newest first. Users are in ascending order."""
+    limit = max_length or spec.max_length
+    kept = newest_first(rows.filter(in_window(spec, at)), limit)
+    return (
+        kept.group_by("user_id", maintain_order=True)
+        .agg(pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields))
+        .sort("user_id")
+    )
+
+
+def explode_snapshot(snapshot: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
+    """The event rows a snapshot holds: ``user_id`` and the stored fields, one row per event."""
+    return snapshot.select("user_id", *spec.stored_fields).explode(spec.stored_fields)
+
+
+def advance_snapshot(
+    previous: pl.LazyFrame | None,
+    signal: pl.LazyFrame,
+    spec: SequenceSpec,
+    cutoff: datetime,
+) -> pl.LazyFrame:
+    """The snapshot at ``cutoff`` from the snapshot one step earlier and the signal rows since.
+
+    Exact because a snapshot keeps the newest rows: any row it dropped is older than
+    ``max_length`` rows that are still in the window, so it could never come back.
+    """
+    fresh = sequence_rows(signal, spec)
+    rows = fresh if previous is None else merge_rows(explode_snapshot(previous, spec), fresh)
+    return assemble_snapshot(rows, spec, cutoff)
+
+
+def empty_snapshot(spec: SequenceSpec, catalog: Catalog) -> pl.LazyFrame:
+    elements = catalog.sequence_element_schema(spec.name)
+    schema = {"user_id": pl.Int64(), LENGTH: pl.Int32()}
+    schema.update({name: pl.List(dtype) for name, dtype in elements.items()})
+    return pl.LazyFrame(schema=schema)

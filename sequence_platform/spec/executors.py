@@ -1,0 +1,72 @@
+"""The executor registry: named, pluggable Polars transforms that definitions refer to.
+
+An executor is a function ``(LazyFrame, **params) -> LazyFrame`` with no I/O. Registering it
+under a name (``@executor("dwell_bucket")``) makes it available to every definition, and the
+engine runs the very same function in batch, real time and serving.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+
+ExecutorFunction = Callable[..., pl.LazyFrame]
+
+_REGISTRY: dict[str, ExecutorFunction] = {}
+
+
+class ExecutorParamsError(ValueError):
+    """The parameters of an executor call do not fit the executor's signature."""
+
+
+def executor(name: str) -> Callable[[ExecutorFunction], ExecutorFunction]:
+    """Register ``fn`` as the executor ``name``; its keyword arguments are its params."""
+
+    def register(fn: ExecutorFunction) -> ExecutorFunction:
+        existing = _REGISTRY.get(name)
+        if existing is not None and _qualified(existing) != _qualified(fn):
+            raise ValueError(
+                f"executor {name!r} is already registered by {_qualified(existing)}; "
+                f"{_qualified(fn)} needs another name"
+            )
+        _REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def registered_executors() -> dict[str, ExecutorFunction]:
+    return dict(_REGISTRY)
+
+
+def lookup_executor(name: str) -> ExecutorFunction:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none registered"
+        raise KeyError(f"unknown executor {name!r} (known: {known})") from None
+
+
+def bind_executor(name: str, params: dict[str, Any]) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """The executor ``name`` with ``params`` applied, after checking them against its signature."""
+    fn = lookup_executor(name)
+    signature = inspect.signature(fn)
+    try:
+        signature.bind(pl.LazyFrame(), **params)
+    except TypeError as error:
+        accepted = [p for p in list(signature.parameters)[1:]]
+        raise ExecutorParamsError(f"{error} (accepted params: {', '.join(accepted)})") from None
+
+    def run(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return fn(frame, **params)
+
+    return run
+
+
+def _qualified(fn: ExecutorFunction) -> str:
+    # By file rather than module name: the loader may import a definitions file under a
+    # different module name than a direct import does, and that is still the same executor.
+    return f"{fn.__code__.co_filename}:{fn.__qualname__}"

@@ -1,0 +1,115 @@
+"""The definition language: sources, feature tables, signals and sequences as pydantic models.
+
+A definition is data. It is written once (Python or JSON), validated once when the catalog is
+loaded, and read by every runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from sequence_platform.spec.types import FieldType
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+REQUIRED_EVENT_FIELDS: dict[str, str] = {
+    "event_id": "string",
+    "user_id": "int64",
+    "item_id": "int64",
+    "event_type": "string",
+    "event_time": "timestamp",
+}
+"""Fields every raw event carries, whatever its source declares."""
+
+AGE_FIELD = "age_seconds"
+"""Request-time field: seconds between the request time and the event."""
+
+
+class _Definition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name
+    description: str = ""
+
+
+class SourceSpec(_Definition):
+    """One kind of raw event: landing files in batch, a Kafka topic in real time."""
+
+    kind: Literal["source"] = "source"
+    topic: str | None = Field(default=None, description="Kafka topic; defaults to the name.")
+    fields: dict[Name, FieldType] = Field(default_factory=dict)
+
+    @property
+    def topic_name(self) -> str:
+        return self.topic or self.name
+
+
+class FeatureTableSpec(_Definition):
+    """A keyed, time-versioned table that signals and requests are enriched from."""
+
+    kind: Literal["feature_table"] = "feature_table"
+    key: Name
+    as_of: Name
+    fields: dict[Name, FieldType]
+
+
+class Enrichment(BaseModel):
+    """Columns joined from a feature table, as of the event (or the request) time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    table: Name
+    fields: list[Name] = Field(min_length=1)
+    prefix: str = Field(default="", alias="as", pattern=r"^([a-z][a-z0-9_]*)?$")
+
+    def output_name(self, field: str) -> str:
+        return f"{self.prefix}{field}"
+
+
+class ExecutorCall(BaseModel):
+    """A named executor and the parameters it is called with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignalSpec(_Definition):
+    """A source's events after validation, de-duplication, filtering and enrichment."""
+
+    kind: Literal["signal"] = "signal"
+    source: Name
+    filter: str | None = None
+    enrich: list[Enrichment] = Field(default_factory=list)
+    executors: list[ExecutorCall] = Field(default_factory=list)
+
+
+class SequenceSpec(_Definition):
+    """Per user, the newest ``max_length`` signal rows passing ``filter`` in the lookback."""
+
+    kind: Literal["sequence"] = "sequence"
+    version: int = Field(default=1, ge=1)
+    signal: Name
+    filter: str | None = None
+    fields: list[Name] = Field(min_length=1)
+    max_length: int = Field(ge=1, le=10_000)
+    lookback_days: int = Field(ge=1, le=3_650)
+    request_enrich: list[Enrichment] = Field(default_factory=list)
+
+    @property
+    def stored_fields(self) -> list[str]:
+        """The list columns of the snapshot table: identity and time first, then the fields."""
+        extra = [f for f in self.fields if f not in ("event_id", "event_time")]
+        return ["event_id", "event_time", *extra]
+
+    @property
+    def table_name(self) -> str:
+        return f"{self.name}/v{self.version}"
+
+
+Definition = Annotated[
+    SourceSpec | FeatureTableSpec | SignalSpec | SequenceSpec, Field(discriminator="kind")
+]

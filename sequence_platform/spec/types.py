@@ -1,0 +1,64 @@
+"""Field types of the definition language and their Polars and Arrow equivalents."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import polars as pl
+import pyarrow as pa
+from pydantic import AfterValidator
+
+TIME_UNIT = "ms"
+TIME_ZONE = "UTC"
+TIMESTAMP = pl.Datetime(TIME_UNIT, TIME_ZONE)
+
+_SCALARS: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "bool": pl.Boolean(),
+    "int32": pl.Int32(),
+    "int64": pl.Int64(),
+    "float32": pl.Float32(),
+    "float64": pl.Float64(),
+    "timestamp": TIMESTAMP,
+    "date": pl.Date(),
+}
+_LIST = re.compile(r"^list\[(?P<inner>.+)\]$")
+
+
+def polars_dtype(type_name: str) -> pl.DataType:
+    """The Polars type of a definition type such as ``int64`` or ``list[float32]``."""
+    name = type_name.strip()
+    if name in _SCALARS:
+        return _SCALARS[name]
+    match = _LIST.match(name)
+    if match:
+        return pl.List(polars_dtype(match.group("inner")))
+    known = ", ".join([*_SCALARS, "list[<type>]"])
+    raise ValueError(f"unknown type {type_name!r}; use one of {known}")
+
+
+def type_name_of(dtype: pl.DataType) -> str:
+    """The definition type name of a Polars type (the inverse of :func:`polars_dtype`)."""
+    if isinstance(dtype, pl.List):
+        return f"list[{type_name_of(dtype.inner)}]"
+    if isinstance(dtype, pl.Datetime):
+        return "timestamp"
+    for name, candidate in _SCALARS.items():
+        if dtype == candidate:
+            return name
+    return str(dtype)
+
+
+def arrow_schema(schema: pl.Schema | dict[str, pl.DataType]) -> pa.Schema:
+    """The Arrow schema Delta tables are written with for a Polars schema."""
+    empty = pl.DataFrame(schema=schema)
+    return empty.to_arrow().schema
+
+
+def _check_type(value: str) -> str:
+    polars_dtype(value)
+    return value
+
+
+FieldType = Annotated[str, AfterValidator(_check_type)]
