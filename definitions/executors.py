@@ -9,7 +9,7 @@ from sequence_platform.spec import executor
 def dwell_bucket(frame: pl.LazyFrame, *, edges: list[int]) -> pl.LazyFrame:
     """``dwell_bucket``: the index of the first edge above ``dwell_ms`` (0 below the first).
 
-    With edges [1000, 5000]: under 1 s → 0, 1–5 s → 1, 5 s and more → 2; no dwell → null.
+    With edges [1000, 5000]: under 1 s → 0, 1 to 5 s → 1, 5 s and more → 2; no dwell → null.
     """
     if sorted(edges) != list(edges) or not edges:
         raise ValueError("edges must be a non-empty ascending list")

@@ -7,7 +7,7 @@ is accepted or refused for the same reason whichever path it came by.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,7 +39,12 @@ class DecodedEvents:
 
 
 def decode_json_records(
-    records: Sequence[bytes | str | None], origins: Sequence[str], schema: pl.Schema
+    records: Sequence[bytes | str | None],
+    origins: Sequence[str],
+    schema: pl.Schema,
+    *,
+    required: Collection[str] = tuple(REQUIRED_EVENT_FIELDS),
+    time_field: str = "event_time",
 ) -> DecodedEvents:
     """Decode JSON objects (one per record) into events of ``schema``.
 
@@ -65,14 +70,22 @@ def decode_json_records(
             REASON: pl.Series(REASON, reasons, dtype=pl.String),
         }
     )
-    return validate_events(frame, schema)
+    return validate_events(frame, schema, required=required, time_field=time_field)
 
 
-def validate_events(frame: pl.DataFrame, schema: pl.Schema) -> DecodedEvents:
-    """Split ``frame`` into events of ``schema`` and dead letters.
+def validate_events(
+    frame: pl.DataFrame,
+    schema: pl.Schema,
+    *,
+    required: Collection[str] = tuple(REQUIRED_EVENT_FIELDS),
+    time_field: str = "event_time",
+) -> DecodedEvents:
+    """Split ``frame`` into records of ``schema`` and dead letters.
 
     ``frame`` holds the fields as text (from JSON) or already typed (from Parquet), an
-    ``origin`` column, and optionally ``record`` and an earlier ``reason``.
+    ``origin`` column, and optionally ``record`` and an earlier ``reason``. ``required`` fields
+    must be present; ``time_field`` must be a plausible time. Feature rows use the same rules
+    with their key and as-of column.
     """
     if RECORD not in frame.columns:
         present = [name for name in frame.columns if name not in (ORIGIN, REASON)]
@@ -86,31 +99,40 @@ def validate_events(frame: pl.DataFrame, schema: pl.Schema) -> DecodedEvents:
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
 
-    parsed = {name: _parse(pl.col(name), frame.schema[name], dtype) for name, dtype in schema.items()}
+    parsed = {
+        name: _parse(pl.col(name), frame.schema[name], dtype) for name, dtype in schema.items()
+    }
     checks: list[pl.Expr] = [pl.col(REASON)]
     for name, dtype in schema.items():
         raw, value = pl.col(name), parsed[name]
-        if name in REQUIRED_EVENT_FIELDS:
+        if name in required:
             checks.append(pl.when(raw.is_null()).then(pl.lit(f"missing required field '{name}'")))
         shown = raw.cast(pl.String).str.slice(0, 40)
         checks.append(
             pl.when(raw.is_not_null() & value.is_null()).then(
-                pl.format("field '{}': cannot read '{}' as {}", pl.lit(name), shown,
-                          pl.lit(type_name_of(dtype)))
+                pl.format(
+                    "field '{}': cannot read '{}' as {}",
+                    pl.lit(name),
+                    shown,
+                    pl.lit(type_name_of(dtype)),
+                )
             )
         )
-    event_time = parsed["event_time"]
-    checks.append(
-        pl.when(event_time.is_not_null() & pl.col("event_id").cast(pl.String).eq(""))
-        .then(pl.lit("field 'event_id' is empty"))
-    )
+    event_time = parsed[time_field]
+    if "event_id" in schema:
+        checks.append(
+            pl.when(pl.col("event_id").cast(pl.String).eq("")).then(
+                pl.lit("field 'event_id' is empty")
+            )
+        )
     checks.append(
         pl.when(
             (event_time < pl.lit(EARLIEST_EVENT_TIME, dtype=TIMESTAMP))
             | (event_time >= pl.lit(LATEST_EVENT_TIME, dtype=TIMESTAMP))
         ).then(
             pl.format(
-                "field 'event_time': {} is outside {}..{}",
+                "field '{}': {} is outside {}..{}",
+                pl.lit(time_field),
                 event_time.dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 pl.lit(EARLIEST_EVENT_TIME.date().isoformat()),
                 pl.lit(LATEST_EVENT_TIME.date().isoformat()),
@@ -135,8 +157,10 @@ def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr
         text = column.str.strip_chars()
         if isinstance(target, pl.Datetime):
             epoch = text.str.contains(r"^-?\d+$")
-            from_epoch = text.cast(pl.Int64, strict=False).cast(pl.Datetime("ms")).dt.replace_time_zone(
-                "UTC"
+            from_epoch = (
+                text.cast(pl.Int64, strict=False)
+                .cast(pl.Datetime("ms"))
+                .dt.replace_time_zone("UTC")
             )
             from_iso = text.str.to_datetime(ISO_8601, strict=False, time_unit="ms", time_zone="UTC")
             return pl.when(epoch).then(from_epoch).otherwise(from_iso)
@@ -153,12 +177,16 @@ def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr
     return column.cast(target, strict=False)
 
 
-def _parse_record(record: bytes | str | None) -> tuple[str | None, dict[str, object] | None, str | None]:
+def _parse_record(
+    record: bytes | str | None,
+) -> tuple[str | None, dict[str, object] | None, str | None]:
     if record is None:
         return None, None, "empty record"
     if len(record) > MAX_RECORD_BYTES:
-        return f"<{len(record):,} bytes, not kept>", None, (
-            f"record of {len(record):,} bytes exceeds the limit of {MAX_RECORD_BYTES:,}"
+        return (
+            f"<{len(record):,} bytes, not kept>",
+            None,
+            (f"record of {len(record):,} bytes exceeds the limit of {MAX_RECORD_BYTES:,}"),
         )
     raw = record.decode("utf-8", errors="replace") if isinstance(record, bytes) else record
     if not raw.strip():
@@ -190,10 +218,13 @@ def _json_type_problem(document: dict[str, object], schema: pl.Schema) -> str | 
         if value is None:
             continue
         type_name = type_name_of(dtype)
-        expected = (list,) if type_name.startswith("list[") else _JSON_TYPES.get(type_name, (object,))
+        expected = (
+            (list,) if type_name.startswith("list[") else _JSON_TYPES.get(type_name, (object,))
+        )
         wrong_bool = isinstance(value, bool) and bool not in expected
         if wrong_bool or not isinstance(value, expected):
-            return f"field '{name}': expected {type_name}, got JSON {type(value).__name__} {value!r:.40}"
+            got = f"JSON {type(value).__name__} {value!r:.40}"
+            return f"field '{name}': expected {type_name}, got {got}"
     return None
 
 

@@ -219,9 +219,7 @@ class Catalog:
             problems.append(self._problem(spec, "fields", "a field is listed twice"))
         stored = pl.Schema({f: schema[f] for f in spec.stored_fields if f in schema})
         for index, enrichment in enumerate(spec.request_enrich):
-            problems += self._check_enrichment(
-                spec, f"request_enrich[{index}]", enrichment, stored
-            )
+            problems += self._check_enrichment(spec, f"request_enrich[{index}]", enrichment, stored)
         return problems
 
     def _check_enrichment(
