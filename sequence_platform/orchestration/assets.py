@@ -1,0 +1,297 @@
+"""Asset factories: one Dagster asset per definition, daily partitioned, owning its days.
+
+Every asset rewrites exactly the days of its partition range (a range backfill is one run,
+by ``BackfillPolicy.single_run()``), reports rows, bytes and timing, and checks what it wrote.
+Annotations stay real objects here (no postponed evaluation): Dagster inspects them.
+"""
+
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
+
+import dagster as dg
+import polars as pl
+
+from sequence_platform.orchestration import checks
+from sequence_platform.orchestration.batch import (
+    StepOutcome,
+    build_events,
+    build_features,
+    build_sequence_days,
+    build_signal_days,
+)
+from sequence_platform.orchestration.resources import PlatformResource
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
+from sequence_platform.spec.types import type_name_of
+
+Step = Callable[[PlatformResource, date, date], StepOutcome]
+Checker = Callable[[pl.DataFrame], list[dg.AssetCheckResult]]
+
+
+def landing_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["landing", name])
+
+
+def events_key(source: str) -> dg.AssetKey:
+    return dg.AssetKey(["events", source])
+
+
+def features_key(table: str) -> dg.AssetKey:
+    return dg.AssetKey(["features", table])
+
+
+def signal_key(signal: str) -> dg.AssetKey:
+    return dg.AssetKey(["signals", signal])
+
+
+def sequence_key(sequence: str) -> dg.AssetKey:
+    return dg.AssetKey(["sequences", sequence])
+
+
+def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
+    """First and last day (both included) of the run's partition range."""
+    window = context.partition_time_window
+    return window.start.date(), (window.end - timedelta(days=1)).date()
+
+
+def column_schema(schema: pl.Schema) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, type_name_of(dtype)) for name, dtype in schema.items()]
+    )
+
+
+def _result(
+    outcome: StepOutcome, start: date, end: date, found: list[dg.AssetCheckResult]
+) -> dg.MaterializeResult:
+    stats = outcome.stats
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": stats.rows,
+            "rows": stats.rows,
+            "bytes": dg.MetadataValue.int(stats.bytes),
+            "files": stats.files,
+            "duration_s": dg.MetadataValue.float(round(stats.seconds, 3)),
+            "delta_version": stats.version,
+            "days": f"{start.isoformat()}..{end.isoformat()}",
+            **outcome.extra,
+        },
+        check_results=found,
+    )
+
+
+def _daily_asset(
+    key: dg.AssetKey,
+    *,
+    group: str,
+    description: str,
+    partitions: dg.PartitionsDefinition,
+    deps: Sequence[dg.AssetKey | dg.AssetDep],
+    schema: pl.Schema,
+    table_uri: str,
+    check_names: Sequence[str],
+    step: Step,
+    checker: Checker,
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=key,
+        group_name=group,
+        description=description,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=list(deps),
+        check_specs=checks.check_specs(key, check_names),
+        kinds={"polars", "delta"},
+        metadata={"table_uri": table_uri, "dagster/column_schema": column_schema(schema)},
+    )
+    def _materialize(
+        context: dg.AssetExecutionContext, platform: PlatformResource
+    ) -> dg.MaterializeResult:
+        start, end = partition_days(context)
+        context.log.info(f"{key.to_user_string()}: days {start} to {end}")
+        outcome = step(platform, start, end)
+        return _result(outcome, start, end, checker(outcome.written))
+
+    return _materialize
+
+
+def build_assets(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, platform: PlatformResource
+) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    """Every asset the definitions imply: landing (external), events, features, signals, sequences."""
+    layout = platform.layout
+    found: list[dg.AssetsDefinition | dg.AssetSpec] = []
+    standard = [checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS]
+
+    for source in catalog.sources.values():
+        schema = catalog.event_schema(source.name)
+        found.append(
+            dg.AssetSpec(
+                landing_key(source.name),
+                group_name="landing",
+                description=f"Landing-zone export of '{source.name}' events "
+                f"(landing/{source.name}/dt=YYYY-MM-DD/*.parquet or *.jsonl).",
+                partitions_def=partitions,
+            )
+        )
+
+        def event_checks(
+            written: pl.DataFrame, schema: pl.Schema = schema
+        ) -> list[dg.AssetCheckResult]:
+            return [
+                checks.schema_check(written, schema),
+                checks.unique_check(written, ["event_id"]),
+                checks.required_check(written, list(REQUIRED_EVENT_FIELDS)),
+                checks.rows_check(written),
+            ]
+
+        found.append(
+            _daily_asset(
+                events_key(source.name),
+                group="events",
+                description=(
+                    f"{source.description}\n\nValidated, de-duplicated '{source.name}' events "
+                    "from the landing zone; records that fail validation go to "
+                    f"dead_letters/{source.name} with their reason."
+                ).strip(),
+                partitions=partitions,
+                deps=[landing_key(source.name)],
+                schema=schema,
+                table_uri=layout.events(source.name),
+                check_names=standard,
+                step=lambda p, s, e, name=source.name: build_events(
+                    p.batch_context(catalog), name, s, e
+                ),
+                checker=event_checks,
+            )
+        )
+
+    for table in catalog.feature_tables.values():
+        schema = catalog.feature_schema(table.name)
+        found.append(
+            dg.AssetSpec(
+                landing_key(table.name),
+                group_name="landing",
+                description=f"Landing-zone export of feature table '{table.name}'.",
+                partitions_def=partitions,
+            )
+        )
+
+        def feature_checks(
+            written: pl.DataFrame,
+            schema: pl.Schema = schema,
+            key: str = table.key,
+            as_of: str = table.as_of,
+        ) -> list[dg.AssetCheckResult]:
+            return [
+                checks.schema_check(written, schema),
+                checks.unique_check(written, [key, as_of]),
+                checks.required_check(written, [key, as_of]),
+                checks.rows_check(written),
+            ]
+
+        found.append(
+            _daily_asset(
+                features_key(table.name),
+                group="features",
+                description=(
+                    f"{table.description}\n\nVersions of '{table.name}' keyed by "
+                    f"'{table.key}', each valid from its '{table.as_of}'."
+                ).strip(),
+                partitions=partitions,
+                deps=[landing_key(table.name)],
+                schema=schema,
+                table_uri=layout.features(table.name),
+                check_names=standard,
+                step=lambda p, s, e, name=table.name: build_features(
+                    p.batch_context(catalog), name, s, e
+                ),
+                checker=feature_checks,
+            )
+        )
+
+    for signal in catalog.signals.values():
+        schema = catalog.signal_schema(signal.name)
+
+        def signal_checks(
+            written: pl.DataFrame, schema: pl.Schema = schema
+        ) -> list[dg.AssetCheckResult]:
+            return [
+                checks.schema_check(written, schema),
+                checks.unique_check(written, ["event_id"]),
+                checks.required_check(written, list(REQUIRED_EVENT_FIELDS)),
+                checks.rows_check(written),
+            ]
+
+        enriched = ", ".join(e.table for e in signal.enrich) or "nothing"
+        executors = ", ".join(c.name for c in signal.executors) or "none"
+        found.append(
+            _daily_asset(
+                signal_key(signal.name),
+                group="signals",
+                description=(
+                    f"{signal.description}\n\nEvents of '{signal.source}' filtered by "
+                    f"`{signal.filter or 'true'}`, enriched as of event time from {enriched}, "
+                    f"then executors: {executors}."
+                ).strip(),
+                partitions=partitions,
+                deps=[events_key(signal.source), *(features_key(e.table) for e in signal.enrich)],
+                schema=schema,
+                table_uri=layout.signals(signal.name),
+                check_names=standard,
+                step=lambda p, s, e, name=signal.name: build_signal_days(
+                    p.batch_context(catalog), name, s, e
+                ),
+                checker=signal_checks,
+            )
+        )
+
+    for sequence in catalog.sequences.values():
+        found.append(_sequence_asset(catalog, sequence, partitions, platform))
+    return found
+
+
+def _sequence_asset(
+    catalog: Catalog,
+    spec: SequenceSpec,
+    partitions: dg.PartitionsDefinition,
+    platform: PlatformResource,
+) -> dg.AssetsDefinition:
+    key = sequence_key(spec.name)
+    elements = catalog.sequence_element_schema(spec.name)
+    schema = pl.Schema(
+        {"user_id": pl.Int64(), "length": pl.Int32()}
+        | {name: pl.List(dtype) for name, dtype in elements.items()}
+    )
+
+    def sequence_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
+        return [
+            checks.schema_check(written, schema),
+            checks.unique_check(written, ["user_id"]),
+            checks.required_check(written, ["user_id", "length"]),
+            checks.rows_check(written),
+            checks.ordering_check(written, spec.max_length, spec.stored_fields),
+        ]
+
+    return _daily_asset(
+        key,
+        group="sequences",
+        description=(
+            f"{spec.description}\n\nVersion {spec.version}. Per user, the newest "
+            f"{spec.max_length} rows of signal '{spec.signal}' passing "
+            f"`{spec.filter or 'true'}` in the {spec.lookback_days} days before the cutoff "
+            "(the end of the partition's day, exclusive), newest first, one list column per "
+            "field. Each day advances the previous day's snapshot by one day of signal."
+        ),
+        partitions=partitions,
+        deps=[
+            signal_key(spec.signal),
+            dg.AssetDep(
+                key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+            ),
+        ],
+        schema=schema,
+        table_uri=platform.layout.sequence(spec),
+        check_names=[*[checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS], checks.ORDERED],
+        step=lambda p, s, e: build_sequence_days(p.batch_context(catalog), spec.name, s, e),
+        checker=sequence_checks,
+    )

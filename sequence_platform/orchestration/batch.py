@@ -1,0 +1,185 @@
+"""The batch steps behind the Dagster assets: read, call the engine, write a range of days.
+
+Plain functions with no Dagster in them, so that an asset body stays a few lines and the same
+step can be run from a test or a script. Each step owns the days it is given: it rewrites
+exactly those partitions, so running it again gives the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from sequence_platform.engine.decode import DEAD_LETTER_SCHEMA, ORIGIN
+from sequence_platform.engine.sequence import advance_snapshot
+from sequence_platform.engine.signal import build_signal, deduplicate_events
+from sequence_platform.ingest.landing import read_landing_day
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
+from sequence_platform.storage.delta import (
+    DT,
+    WriteStats,
+    day_range,
+    open_table,
+    overwrite_days,
+    scan_days,
+)
+from sequence_platform.storage.layout import TableLayout
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    catalog: Catalog
+    layout: TableLayout
+    home: Path
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    written: pl.DataFrame
+    """What was written for the days, for the asset checks."""
+    stats: WriteStats
+    extra: dict[str, int | float | str] = field(default_factory=dict)
+
+
+def cutoff_of(day: date) -> datetime:
+    """A day's snapshot is the sequence at the start of the next day (UTC)."""
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+def build_events(ctx: BatchContext, source: str, start: date, end: date) -> StepOutcome:
+    """Validated, de-duplicated events of ``source`` for the days; rejects to dead letters."""
+    schema = ctx.catalog.event_schema(source)
+    valid: list[pl.DataFrame] = []
+    rejected: list[pl.DataFrame] = []
+    for day in day_range(start, end):
+        decoded = read_landing_day(
+            ctx.home,
+            source,
+            day,
+            schema,
+            required=tuple(REQUIRED_EVENT_FIELDS),
+            time_field="event_time",
+        )
+        valid.append(decoded.valid.drop(ORIGIN))
+        rejected.append(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
+    landed = pl.concat(valid, how="vertical_relaxed")
+    events = (
+        deduplicate_events(landed.lazy())
+        .with_columns(pl.col("event_time").dt.date().alias(DT))
+        .sort(DT, "event_time", "event_id")
+        .collect()
+    )
+    dead = pl.concat(rejected, how="vertical_relaxed").select(DT, *DEAD_LETTER_SCHEMA)
+    stats = overwrite_days(
+        ctx.layout.events(source), events, start, end, ctx.layout.storage_options
+    )
+    overwrite_days(ctx.layout.dead_letters(source), dead, start, end, ctx.layout.storage_options)
+    return StepOutcome(
+        events,
+        stats,
+        {"dead_letters": dead.height, "duplicates_dropped": landed.height - events.height},
+    )
+
+
+def build_features(ctx: BatchContext, table: str, start: date, end: date) -> StepOutcome:
+    """Validated feature versions of ``table`` whose as-of time falls on the days."""
+    spec = ctx.catalog.feature_tables[table]
+    schema = ctx.catalog.feature_schema(table)
+    valid: list[pl.DataFrame] = []
+    rejected = 0
+    for day in day_range(start, end):
+        decoded = read_landing_day(
+            ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
+        )
+        valid.append(decoded.valid.drop(ORIGIN))
+        rejected += decoded.rejected.height
+    rows = (
+        pl.concat(valid, how="vertical_relaxed")
+        .with_columns(pl.col(spec.as_of).dt.date().alias(DT))
+        .sort(DT, spec.key, spec.as_of)
+    )
+    stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
+    return StepOutcome(rows, stats, {"rejected": rejected})
+
+
+def build_signal_days(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:
+    """Signal rows for the days, enriched from every feature version up to the last day."""
+    spec = ctx.catalog.signals[signal]
+    events = scan_days(
+        ctx.layout.events(spec.source),
+        ctx.catalog.event_schema(spec.source),
+        start,
+        end,
+        ctx.layout.storage_options,
+    )
+    features = {
+        enrichment.table: scan_days(
+            ctx.layout.features(enrichment.table),
+            ctx.catalog.feature_schema(enrichment.table),
+            None,
+            end,
+            ctx.layout.storage_options,
+        ).drop(DT)
+        for enrichment in spec.enrich
+    }
+    rows = (
+        build_signal(events.drop(DT), features, spec, ctx.catalog)
+        .with_columns(pl.col("event_time").dt.date().alias(DT))
+        .sort(DT, "event_time", "event_id")
+        .collect()
+    )
+    stats = overwrite_days(ctx.layout.signals(signal), rows, start, end, ctx.layout.storage_options)
+    return StepOutcome(rows, stats)
+
+
+def build_sequence_days(ctx: BatchContext, sequence: str, start: date, end: date) -> StepOutcome:
+    """Snapshots for the days, each from the previous day's snapshot plus one day of signal.
+
+    Daily cost follows the day's events and the window's active users, not the lookback. When
+    the previous snapshot is missing (first day, or a gap) the lookback window is read instead.
+    """
+    spec = ctx.catalog.sequences[sequence]
+    uri = ctx.layout.sequence(spec)
+    previous = _read_snapshot(ctx, spec, start - timedelta(days=1))
+    resumed = previous is not None
+    snapshots: list[pl.DataFrame] = []
+    for day in day_range(start, end):
+        first_signal_day = day if previous is not None else day - timedelta(spec.lookback_days - 1)
+        signal = scan_days(
+            ctx.layout.signals(spec.signal),
+            ctx.catalog.signal_schema(spec.signal),
+            first_signal_day,
+            day,
+            ctx.layout.storage_options,
+        ).drop(DT)
+        snapshot = advance_snapshot(
+            previous.lazy() if previous is not None else None, signal, spec, cutoff_of(day)
+        ).collect()
+        snapshots.append(snapshot.with_columns(pl.lit(day).alias(DT)))
+        previous = snapshot
+    written = pl.concat(snapshots, how="vertical_relaxed").select(DT, pl.exclude(DT))
+    stats = overwrite_days(uri, written, start, end, ctx.layout.storage_options)
+    return StepOutcome(written, stats, {"resumed_from_previous_snapshot": str(resumed)})
+
+
+def _read_snapshot(ctx: BatchContext, spec: SequenceSpec, day: date) -> pl.DataFrame | None:
+    uri = ctx.layout.sequence(spec)
+    if open_table(uri, ctx.layout.storage_options) is None:
+        return None
+    snapshot = (
+        pl.scan_delta(uri, storage_options=ctx.layout.storage_options or None)
+        .filter(pl.col(DT) == day)
+        .collect()
+    )
+    if snapshot.is_empty():
+        return None
+    elements = ctx.catalog.sequence_element_schema(spec.name)
+    return snapshot.select(
+        pl.col("user_id").cast(pl.Int64),
+        pl.col("length").cast(pl.Int32),
+        *(pl.col(name).cast(pl.List(dtype)) for name, dtype in elements.items()),
+    )

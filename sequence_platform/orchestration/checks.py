@@ -1,0 +1,114 @@
+"""Asset checks: each looks at exactly what a run wrote and says what it found."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+import polars as pl
+
+from sequence_platform.storage.delta import DT
+
+SCHEMA = "schema_matches_definition"
+UNIQUE = "unique_keys"
+REQUIRED = "required_fields_not_null"
+ROWS = "rows_written"
+ORDERED = "sequences_newest_first"
+
+CHECK_DESCRIPTIONS = {
+    SCHEMA: "The written columns and types are exactly those the definition derives.",
+    UNIQUE: "No key appears twice in a partition.",
+    REQUIRED: "Required fields are never null.",
+    ROWS: "The run wrote at least one row (a warning: a quiet day is possible).",
+    ORDERED: "Every sequence is newest first, within max_length, and its lists are aligned.",
+}
+
+
+def check_specs(key: dg.AssetKey, names: Sequence[str]) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(name, asset=key, description=CHECK_DESCRIPTIONS[name]) for name in names
+    ]
+
+
+def schema_check(written: pl.DataFrame, expected: pl.Schema) -> dg.AssetCheckResult:
+    actual = {name: str(dtype) for name, dtype in written.schema.items() if name != DT}
+    wanted = {name: str(dtype) for name, dtype in expected.items()}
+    differences = {
+        name: f"{actual.get(name, 'missing')} (expected {wanted.get(name, 'nothing')})"
+        for name in sorted(set(actual) | set(wanted))
+        if actual.get(name) != wanted.get(name)
+    }
+    return dg.AssetCheckResult(
+        check_name=SCHEMA,
+        passed=not differences,
+        metadata={"columns": len(actual), "differences": dg.MetadataValue.json(differences)},
+    )
+
+
+def unique_check(written: pl.DataFrame, keys: Sequence[str]) -> dg.AssetCheckResult:
+    duplicates = written.height - written.select(DT, *keys).n_unique()
+    return dg.AssetCheckResult(
+        check_name=UNIQUE,
+        passed=duplicates == 0,
+        metadata={"keys": ", ".join(keys), "duplicate_rows": duplicates},
+    )
+
+
+def required_check(written: pl.DataFrame, required: Sequence[str]) -> dg.AssetCheckResult:
+    nulls = {name: int(written[name].null_count()) for name in required}
+    return dg.AssetCheckResult(
+        check_name=REQUIRED,
+        passed=not any(nulls.values()),
+        metadata={"null_counts": dg.MetadataValue.json(nulls)},
+    )
+
+
+def rows_check(written: pl.DataFrame) -> dg.AssetCheckResult:
+    per_day = written.group_by(DT).len().height if written.height else 0
+    return dg.AssetCheckResult(
+        check_name=ROWS,
+        passed=written.height > 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rows": written.height, "days_with_rows": per_day},
+    )
+
+
+def ordering_check(
+    written: pl.DataFrame, max_length: int, fields: Sequence[str]
+) -> dg.AssetCheckResult:
+    if written.is_empty():
+        return dg.AssetCheckResult(check_name=ORDERED, passed=True, metadata={"bad_users": 0})
+    exploded = (
+        written.select(DT, "user_id", "event_time", "event_id")
+        .explode("event_time", "event_id")
+        .with_columns(pl.int_range(pl.len()).over(DT, "user_id").alias("position"))
+    )
+    newer_later = (
+        exploded.sort(DT, "user_id", "position")
+        .with_columns(
+            prev_time=pl.col("event_time").shift(1).over(DT, "user_id"),
+            prev_id=pl.col("event_id").shift(1).over(DT, "user_id"),
+        )
+        .filter(
+            (pl.col("event_time") > pl.col("prev_time"))
+            | (
+                (pl.col("event_time") == pl.col("prev_time"))
+                & (pl.col("event_id") > pl.col("prev_id"))
+            )
+        )
+        .select(DT, "user_id")
+        .unique()
+        .height
+    )
+    lengths = [pl.col(f).list.len() for f in fields]
+    misaligned = written.filter(
+        pl.any_horizontal([length != pl.col("length") for length in lengths])
+        | (pl.col("length") > max_length)
+        | (pl.col("length") < 1)
+    ).height
+    bad = newer_later + misaligned
+    return dg.AssetCheckResult(
+        check_name=ORDERED,
+        passed=bad == 0,
+        metadata={"out_of_order_users": newer_later, "bad_length_users": misaligned},
+    )

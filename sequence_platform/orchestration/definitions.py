@@ -1,0 +1,50 @@
+"""The Dagster code location: assets, jobs, schedule and resources, all from the definitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+
+import dagster as dg
+
+from sequence_platform.orchestration.assets import build_assets
+from sequence_platform.orchestration.resources import PlatformResource
+from sequence_platform.settings import PlatformSettings
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.loader import load_catalog
+
+BATCH_JOB = "daily_batch"
+
+
+def daily_partitions(settings: PlatformSettings) -> dg.DailyPartitionsDefinition:
+    """One partition per UTC day from the start date up to the last complete day."""
+    start = datetime.combine(settings.first_day, time(0), tzinfo=UTC)
+    return dg.DailyPartitionsDefinition(start_date=start.strftime("%Y-%m-%d"), timezone="UTC")
+
+
+def build_definitions(
+    catalog: Catalog | None = None, settings: PlatformSettings | None = None
+) -> dg.Definitions:
+    settings = settings or PlatformSettings()
+    catalog = catalog or load_catalog(settings.definitions)
+    partitions = daily_partitions(settings)
+    platform = PlatformResource.from_settings(settings)
+    assets = build_assets(catalog, partitions, platform)
+    computed = dg.AssetSelection.all() - dg.AssetSelection.groups("landing")
+    batch_job = dg.define_asset_job(
+        BATCH_JOB,
+        selection=computed,
+        partitions_def=partitions,
+        description="Every computed asset for one day: events, features, signals, sequences.",
+    )
+    return dg.Definitions(
+        assets=assets,
+        jobs=[batch_job],
+        schedules=[
+            dg.build_schedule_from_partitioned_job(
+                batch_job,
+                hour_of_day=1,
+                description="Builds yesterday's partitions at 01:00 UTC.",
+            )
+        ],
+        resources={"platform": platform},
+    )
