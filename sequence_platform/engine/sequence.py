@@ -97,6 +97,6 @@ def advance_snapshot(
 
 def empty_snapshot(spec: SequenceSpec, catalog: Catalog) -> pl.LazyFrame:
     elements = catalog.sequence_element_schema(spec.name)
-    schema = {"user_id": pl.Int64(), LENGTH: pl.Int32()}
+    schema: dict[str, pl.DataType] = {"user_id": pl.Int64(), LENGTH: pl.Int32()}
     schema.update({name: pl.List(dtype) for name, dtype in elements.items()})
     return pl.LazyFrame(schema=schema)

@@ -13,6 +13,7 @@ import polars as pl
 
 from sequence_platform.orchestration import checks
 from sequence_platform.orchestration.batch import (
+    BatchContext,
     StepOutcome,
     build_events,
     build_features,
@@ -24,7 +25,7 @@ from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.spec.types import type_name_of
 
-Step = Callable[[PlatformResource, date, date], StepOutcome]
+Builder = Callable[[BatchContext, str, date, date], StepOutcome]
 Checker = Callable[[pl.DataFrame], list[dg.AssetCheckResult]]
 
 
@@ -89,7 +90,9 @@ def _daily_asset(
     schema: pl.Schema,
     table_uri: str,
     check_names: Sequence[str],
-    step: Step,
+    catalog: Catalog,
+    builder: Builder,
+    name: str,
     checker: Checker,
 ) -> dg.AssetsDefinition:
     @dg.asset(
@@ -108,7 +111,7 @@ def _daily_asset(
     ) -> dg.MaterializeResult:
         start, end = partition_days(context)
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
-        outcome = step(platform, start, end)
+        outcome = builder(platform.batch_context(catalog), name, start, end)
         return _result(outcome, start, end, checker(outcome.written))
 
     return _materialize
@@ -117,7 +120,8 @@ def _daily_asset(
 def build_assets(
     catalog: Catalog, partitions: dg.PartitionsDefinition, platform: PlatformResource
 ) -> list[dg.AssetsDefinition | dg.AssetSpec]:
-    """Every asset the definitions imply: landing (external), events, features, signals, sequences."""
+    """Every asset the definitions imply: landing (external), events, features, signals and
+    sequences."""
     layout = platform.layout
     found: list[dg.AssetsDefinition | dg.AssetSpec] = []
     standard = [checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS]
@@ -158,9 +162,9 @@ def build_assets(
                 schema=schema,
                 table_uri=layout.events(source.name),
                 check_names=standard,
-                step=lambda p, s, e, name=source.name: build_events(
-                    p.batch_context(catalog), name, s, e
-                ),
+                catalog=catalog,
+                builder=build_events,
+                name=source.name,
                 checker=event_checks,
             )
         )
@@ -202,9 +206,9 @@ def build_assets(
                 schema=schema,
                 table_uri=layout.features(table.name),
                 check_names=standard,
-                step=lambda p, s, e, name=table.name: build_features(
-                    p.batch_context(catalog), name, s, e
-                ),
+                catalog=catalog,
+                builder=build_features,
+                name=table.name,
                 checker=feature_checks,
             )
         )
@@ -238,9 +242,9 @@ def build_assets(
                 schema=schema,
                 table_uri=layout.signals(signal.name),
                 check_names=standard,
-                step=lambda p, s, e, name=signal.name: build_signal_days(
-                    p.batch_context(catalog), name, s, e
-                ),
+                catalog=catalog,
+                builder=build_signal_days,
+                name=signal.name,
                 checker=signal_checks,
             )
         )
@@ -292,6 +296,8 @@ def _sequence_asset(
         schema=schema,
         table_uri=platform.layout.sequence(spec),
         check_names=[*[checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS], checks.ORDERED],
-        step=lambda p, s, e: build_sequence_days(p.batch_context(catalog), spec.name, s, e),
+        catalog=catalog,
+        builder=build_sequence_days,
+        name=spec.name,
         checker=sequence_checks,
     )

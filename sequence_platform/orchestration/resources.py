@@ -12,7 +12,7 @@ from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.layout import TableLayout
 
 
-class PlatformResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class PlatformResource(dg.ConfigurableResource):
     """The data home (landing zone, local stream) and the Delta table root."""
 
     home: str

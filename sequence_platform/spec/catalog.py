@@ -6,9 +6,10 @@ enrichments and its executors produce, found by planning the executors on an emp
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import polars as pl
 
@@ -104,7 +105,7 @@ class Catalog:
 
     def _index(self) -> list[DefinitionProblem]:
         problems: list[DefinitionProblem] = []
-        by_kind: dict[str, dict[str, object]] = {
+        by_kind: dict[str, dict[str, Any]] = {
             "source": self.sources,
             "feature_table": self.feature_tables,
             "signal": self.signals,
@@ -284,7 +285,7 @@ class Catalog:
         return None
 
     def _unknown(
-        self, spec: Definition, field: str, name: str, kind: str, known: dict[str, object]
+        self, spec: Definition, field: str, name: str, kind: str, known: Mapping[str, object]
     ) -> DefinitionProblem:
         listed = ", ".join(sorted(known)) or "none defined"
         return self._problem(spec, field, f"unknown {kind} '{name}' (defined: {listed})")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 import polars as pl
 import pyarrow as pa
 from pydantic import AfterValidator
 
-TIME_UNIT = "ms"
+TIME_UNIT: Literal["ms"] = "ms"
 TIME_ZONE = "UTC"
 TIMESTAMP = pl.Datetime(TIME_UNIT, TIME_ZONE)
 
@@ -41,7 +41,8 @@ def polars_dtype(type_name: str) -> pl.DataType:
 def type_name_of(dtype: pl.DataType) -> str:
     """The definition type name of a Polars type (the inverse of :func:`polars_dtype`)."""
     if isinstance(dtype, pl.List):
-        return f"list[{type_name_of(dtype.inner)}]"
+        inner = dtype.inner if isinstance(dtype.inner, pl.DataType) else dtype.inner()
+        return f"list[{type_name_of(inner)}]"
     if isinstance(dtype, pl.Datetime):
         return "timestamp"
     for name, candidate in _SCALARS.items():

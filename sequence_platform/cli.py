@@ -1,0 +1,199 @@
+"""The ``sequence-platform`` command: demo, generate, materialize, serve, validate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sequence_platform.settings import PlatformSettings
+from sequence_platform.spec.errors import DefinitionError
+from sequence_platform.spec.loader import load_catalog
+
+DEFAULT_DAGSTER_HOME = ".dagster_home"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.command(args)
+        return result
+    except DefinitionError as error:
+        print(error, file=sys.stderr)
+        print("Fix the definitions above, then run 'sequence-platform validate'.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sequence-platform",
+        description="Per-user event sequences for ML: one definition, batch, real time, serving.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="generate data, materialize every asset through Dagster, serve the API"
+    )
+    _generation_options(demo, days=21)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--no-serve", action="store_true", help="stop after materializing")
+    demo.set_defaults(command=_demo)
+
+    generate = commands.add_parser("generate", help="write a synthetic landing zone")
+    _generation_options(generate, days=28)
+    generate.set_defaults(command=_generate)
+
+    materialize = commands.add_parser(
+        "materialize", help="materialize assets for a range of days through Dagster"
+    )
+    materialize.add_argument("--start", type=date.fromisoformat, help="first day (YYYY-MM-DD)")
+    materialize.add_argument("--end", type=date.fromisoformat, help="last day, included")
+    materialize.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        help="asset key such as sequences/recent_saves (repeatable); default every asset",
+    )
+    materialize.set_defaults(command=_materialize)
+
+    serve = commands.add_parser("serve", help="run the HTTP read service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(command=_serve)
+
+    validate = commands.add_parser("validate", help="check the definitions and explain mistakes")
+    validate.add_argument("folder", nargs="?", type=Path, help="default: the definitions package")
+    validate.set_defaults(command=_validate)
+    return parser
+
+
+def _generation_options(parser: argparse.ArgumentParser, *, days: int) -> None:
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    parser.add_argument("--days", type=int, default=days, help=f"days of history (default {days})")
+    parser.add_argument(
+        "--end", type=date.fromisoformat, default=yesterday, help="last day (default yesterday)"
+    )
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--events-per-day", type=int, default=8_000)
+    parser.add_argument("--seed", type=int, default=7)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sequence_platform.ingest.generate import GenerationConfig, generate_landing
+
+    settings = PlatformSettings()
+    start = args.end - timedelta(days=args.days - 1)
+    config = GenerationConfig(
+        start=start,
+        days=args.days,
+        users=args.users,
+        items=args.items,
+        events_per_day=args.events_per_day,
+        seed=args.seed,
+    )
+    print(f"Generating {args.days} days ({start} to {args.end}) into {settings.home}/landing")
+    began = time.perf_counter()
+    summary = generate_landing(config, settings.home, progress=lambda line: print(f"  {line}"))
+    settings.record_start_date(start)
+    print(
+        f"Wrote {summary.events:,} events ({summary.duplicates:,} duplicates and "
+        f"{summary.malformed:,} malformed records planted), {summary.item_versions:,} item "
+        f"versions in {time.perf_counter() - began:.1f}s. First partition: {start}."
+    )
+    return 0
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from sequence_platform.orchestration import build_definitions
+    from sequence_platform.orchestration.runner import AssetRun, materialize_days
+
+    settings = PlatformSettings()
+    _prepare_dagster_home()
+    start = args.start or settings.first_day
+    end = args.end or datetime.now(UTC).date() - timedelta(days=1)
+    if end < start:
+        print(f"Nothing to do: the last day {end} is before the first {start}.", file=sys.stderr)
+        return 2
+    defs = build_definitions(settings=settings)
+    keys = [dg.AssetKey.from_user_string(key) for key in args.select] or None
+    print(
+        f"Materializing {start} to {end} through Dagster "
+        f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
+    )
+
+    def report(run: AssetRun) -> None:
+        status = "ok" if run.success else "FAILED"
+        checks = f"  failed checks: {', '.join(run.failed_checks)}" if run.failed_checks else ""
+        print(
+            f"  {run.key.to_user_string():<34} {status:<6} {run.rows:>9,} rows"
+            f"  {run.seconds:6.2f}s  run {run.run_id[:8]}{checks}"
+        )
+
+    with dg.DagsterInstance.get() as instance:
+        runs = materialize_days(
+            defs, instance, start, end, keys=keys, progress=report, raise_on_error=False
+        )
+    return 0 if all(run.success for run in runs) else 1
+
+
+def _prepare_dagster_home() -> None:
+    """A project-local Dagster instance, so that ``make ui`` shows the runs made here."""
+    dagster_home = Path(
+        os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute()))
+    )
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sequence_platform.serving.app import serve
+
+    serve(PlatformSettings(), host=args.host, port=args.port)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    settings = PlatformSettings()
+    catalog = load_catalog(args.folder or settings.definitions)
+    for spec in catalog.all_specs():
+        print(f"  {spec.kind:<14} {spec.name:<24} {catalog.origin(spec.name)}")
+    print(f"{len(catalog.definitions)} definitions are valid.")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    code = _generate(args)
+    if code:
+        return code
+    start = args.end - timedelta(days=args.days - 1)
+    code = _materialize(argparse.Namespace(start=start, end=args.end, select=[]))
+    if code or args.no_serve:
+        return code
+    base = f"http://{args.host}:{args.port}"
+    print(
+        "\nThe read service is starting. Try, in another terminal:\n"
+        f"  curl -s '{base}/v1/sequences/recent_engagement/1?max_length=5' | python -m json.tool\n"
+        f"  curl -s '{base}/v1/sequences/recent_saves/2?fields=item_id,category,current_category"
+        "&format=columnar'\n"
+        f"  curl -s -X POST '{base}/v1/sequences/recent_saves/batch' "
+        "-H 'content-type: application/json' -d '{\"user_ids\": [1, 2, 3], \"max_length\": 3}'\n"
+        f"  curl -s '{base}/v1/definitions'\n"
+        f"  open {base}/docs for the API reference; 'make ui' for the Dagster UI.\n"
+    )
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
