@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -210,6 +209,7 @@ def resolve_kafka_classpath(
             f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
+            "-Dstyle.color=never",
         ]
         _log.info("Resolving Kafka %s jars with Maven into %s", version, lib_dir)
         try:
@@ -233,7 +233,7 @@ def resolve_kafka_classpath(
             raise KafkaUnavailable(
                 f"Maven failed to resolve org.apache.kafka:kafka_2.13:{version} "
                 f"(exit code {proc.returncode}).\nCommand: {' '.join(cmd)}\n"
-                f"Maven output:\n{_tail(output, 80)}"
+                f"Maven output:\n{_tail(_strip_ansi(output), 80)}"
             )
         jars = sorted(p.name for p in staging.glob("*.jar"))
         if not any(name.startswith(f"kafka_2.13-{version}") for name in jars):
@@ -268,6 +268,21 @@ def _java_major_version(java: str) -> int | None:
 
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _port_in_use(port: int) -> bool:
+    """True when ``127.0.0.1:<port>`` cannot be bound (someone else listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _free_port() -> int:
@@ -321,7 +336,8 @@ def metadata_ok(bootstrap: str, timeout: float = 5.0) -> bool:
 # Broker
 # --------------------------------------------------------------------------------------
 
-_LIVE_BROKERS: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
+# Brokers with a JVM or a temp dir; stopped at interpreter exit even if unreferenced.
+_LIVE_BROKERS: set[KafkaBroker] = set()
 
 
 @atexit.register
@@ -444,11 +460,15 @@ class KafkaBroker:
                 except KafkaUnavailable as exc:
                     log_text = self._read_log()
                     self._cleanup(keep_log=True)
-                    retry = attempt < attempts and "Address already in use" in log_text
+                    clash = "Address already in use" in f"{exc}\n{log_text}"
+                    retry = attempt < attempts and clash
                     if not retry:
                         raise
                     _log.warning("Kafka port clash, retrying with new ports: %s", exc)
                     self._port = self._controller_port = None
+                except BaseException:
+                    self._cleanup()
+                    raise
             raise AssertionError("unreachable")
 
     def _start_fresh(self) -> None:
@@ -553,6 +573,11 @@ class KafkaBroker:
 
     def _launch(self) -> None:
         assert self._workdir is not None and self.log_file is not None
+        for port in (self.port, self.controller_port):
+            if _port_in_use(port):
+                raise KafkaUnavailable(
+                    f"Cannot start Kafka: 127.0.0.1:{port} is busy (Address already in use)"
+                )
         cmd = self._java_cmd(
             "kafka.Kafka", str(self._workdir / "server.properties"), log_config="log4j2.properties"
         )
@@ -594,9 +619,22 @@ class KafkaBroker:
         return _tail(self._read_log(), lines)
 
     def _failure_message(self, what: str) -> str:
+        log_text = self._read_log()
+        errors = [
+            line
+            for line in log_text.splitlines()
+            if re.search(r"\b(ERROR|FATAL)\b|Exception|Error:", line) and not line[:1].isspace()
+        ][:10]
+        hint = ""
+        if "Address already in use" in log_text:
+            hint = " (a port is already in use)"
+        elif "UnsupportedClassVersionError" in log_text:
+            hint = f" (Java {MIN_JAVA_MAJOR}+ is required)"
         return (
-            f"Kafka {self.version} broker on {self.bootstrap} {what}. "
-            f"Log file: {self.log_file}\n--- last lines of broker log ---\n{self.log_tail()}"
+            f"Kafka {self.version} broker on {self.bootstrap} {what}{hint}. "
+            f"Log file: {self.log_file}\n"
+            + ("--- first errors in broker log ---\n" + "\n".join(errors) + "\n" if errors else "")
+            + f"--- last lines of broker log ---\n{_tail(log_text, 40)}"
         )
 
     def _terminate(self, *, keep_data: bool, hard: bool = False) -> None:
@@ -714,10 +752,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     broker = KafkaBroker(args.port, version=args.version, startup_timeout=args.timeout)
     try:
         broker.start()
-    except KafkaUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
         print(f"Kafka {broker.version} ready; log: {broker.log_file}", file=sys.stderr)
         print(f"{BOOTSTRAP_ENV_VAR}={broker.bootstrap}", flush=True)
         print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
@@ -725,10 +759,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(0.5)
         print(f"error: the broker exited unexpectedly.\n{broker.log_tail()}", file=sys.stderr)
         return 1
+    except KafkaUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("Stopping Kafka...", file=sys.stderr, flush=True)
         return 0
     finally:
+        # A second Ctrl-C (e.g. also forwarded by `uv run`) must not abort the shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         broker.stop()
 
 

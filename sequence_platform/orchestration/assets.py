@@ -5,6 +5,7 @@ by ``BackfillPolicy.single_run()``), reports rows, bytes and timing, and checks 
 Annotations stay real objects here (no postponed evaluation): Dagster inspects them.
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 
@@ -95,17 +96,6 @@ def _daily_asset(
     name: str,
     checker: Checker,
 ) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=key,
-        group_name=group,
-        description=description,
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=list(deps),
-        check_specs=checks.check_specs(key, check_names),
-        kinds={"polars", "delta"},
-        metadata={"table_uri": table_uri, "dagster/column_schema": column_schema(schema)},
-    )
     def _materialize(
         context: dg.AssetExecutionContext, platform: PlatformResource
     ) -> dg.MaterializeResult:
@@ -114,7 +104,22 @@ def _daily_asset(
         outcome = builder(platform.batch_context(catalog), name, start, end)
         return _result(outcome, start, end, checker(outcome.written))
 
-    return _materialize
+    # backfill_policy is marked beta; we rely on it knowingly and keep the logs clean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        decorate = dg.asset(
+            key=key,
+            group_name=group,
+            description=description,
+            partitions_def=partitions,
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            deps=list(deps),
+            check_specs=checks.check_specs(key, check_names),
+            kinds={"polars", "delta"},
+            metadata={"table_uri": table_uri, "dagster/column_schema": column_schema(schema)},
+        )
+
+    return decorate(_materialize)
 
 
 def build_assets(

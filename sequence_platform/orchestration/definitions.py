@@ -33,7 +33,6 @@ def build_definitions(
     batch_job = dg.define_asset_job(
         BATCH_JOB,
         selection=computed,
-        partitions_def=partitions,
         description="Every computed asset for one day: events, features, signals, sequences.",
     )
     return dg.Definitions(

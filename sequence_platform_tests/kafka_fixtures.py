@@ -1,0 +1,43 @@
+"""Pytest fixtures for a real Kafka broker.
+
+Load from a conftest with ``pytest_plugins = ["sequence_platform_tests.kafka_fixtures"]``
+(or ``pytest -p sequence_platform_tests.kafka_fixtures``).
+
+With ``CI=true`` a broker that cannot start fails the tests; elsewhere they are skipped
+with a hint on installing Java and Maven.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from sequence_platform_tests.kafka_broker import INSTALL_HINT, KafkaBroker, KafkaUnavailable
+
+
+def running_in_ci() -> bool:
+    """True when the ``CI`` environment variable says so (``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A running single-node Kafka broker shared by the whole session.
+
+    Use ``kafka_broker.bootstrap`` as ``bootstrap_servers``. A test that calls
+    ``pause()`` must ``resume()`` in a ``finally`` block: the broker is shared.
+    """
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except KafkaUnavailable as exc:
+        if running_in_ci():
+            raise
+        hint = "" if INSTALL_HINT in str(exc) else f"\nTo run Kafka tests: {INSTALL_HINT}"
+        pytest.skip(f"Kafka broker unavailable (with CI=true this fails instead): {exc}{hint}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
