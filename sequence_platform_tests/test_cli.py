@@ -46,8 +46,8 @@ def test_validate_explains_a_mistake(tmp_path: Path) -> None:
     result = run_cli("validate", str(tmp_path))
     assert result.returncode == 2
     assert (
-        "recent_clicks.json: sequence 'recent_clicks', field 'fields[1]': 'categry' does not exist in signal 'engagement_enriched'"
-        in result.stderr
+        "recent_clicks.json: sequence 'recent_clicks', field 'fields[1]': "
+        "'categry' does not exist in signal 'engagement_enriched'" in result.stderr
     )
     assert "sequence-platform validate" in result.stderr
 

@@ -17,6 +17,7 @@ from sequence_platform.engine.decode import DEAD_LETTER_SCHEMA, ORIGIN
 from sequence_platform.engine.sequence import advance_snapshot
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.landing import read_landing_day
+from sequence_platform.ingest.microbatch import CHANNEL, STREAM_OFFSET
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
@@ -51,7 +52,8 @@ def cutoff_of(day: date) -> datetime:
 
 
 def build_events(ctx: BatchContext, source: str, start: date, end: date) -> StepOutcome:
-    """Validated, de-duplicated events of ``source`` for the days; rejects to dead letters."""
+    """Validated, de-duplicated events of ``source`` for the days: the landing files and the
+    stream archive, the landing copy winning. Landing rejects go to dead letters."""
     schema = ctx.catalog.event_schema(source)
     valid: list[pl.DataFrame] = []
     rejected: list[pl.DataFrame] = []
@@ -67,21 +69,42 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         valid.append(decoded.valid.drop(ORIGIN))
         rejected.append(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
     landed = pl.concat(valid, how="vertical_relaxed")
+    streamed = scan_days(
+        ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
+    ).drop(DT)
     events = (
-        deduplicate_events(landed.lazy())
+        deduplicate_events(landed.lazy(), streamed)
         .with_columns(pl.col("event_time").dt.date().alias(DT))
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    dead = pl.concat(rejected, how="vertical_relaxed").select(DT, *DEAD_LETTER_SCHEMA)
+    dead = pl.concat(rejected, how="vertical_relaxed").select(
+        DT,
+        *DEAD_LETTER_SCHEMA,
+        pl.lit("landing").alias(CHANNEL),
+        pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET),
+    )
     stats = overwrite_days(
         ctx.layout.events(source), events, start, end, ctx.layout.storage_options
     )
-    overwrite_days(ctx.layout.dead_letters(source), dead, start, end, ctx.layout.storage_options)
+    # The stream's dead letters share the table; a landing day replaces only its own.
+    overwrite_days(
+        ctx.layout.dead_letters(source),
+        dead,
+        start,
+        end,
+        ctx.layout.storage_options,
+        only_where=f"{CHANNEL} = 'landing'",
+    )
+    from_stream = events.filter(~pl.col("event_id").is_in(landed["event_id"].implode())).height
     return StepOutcome(
         events,
         stats,
-        {"dead_letters": dead.height, "duplicates_dropped": landed.height - events.height},
+        {
+            "dead_letters": dead.height,
+            "from_stream_archive": from_stream,
+            "duplicates_dropped": landed.height - (events.height - from_stream),
+        },
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 DT = "dt"
@@ -49,19 +49,25 @@ def overwrite_days(
     start: date,
     end: date,
     storage_options: dict[str, str] | None = None,
+    *,
+    only_where: str | None = None,
 ) -> WriteStats:
     """Replace days ``start..end`` of the table with ``frame`` (which has a ``dt`` column).
 
     Rows outside the range are refused by Delta's predicate check rather than written.
-    An empty ``frame`` empties those days.
+    An empty ``frame`` empties those days. ``only_where`` narrows what is replaced to the rows
+    one writer owns (a SQL predicate), when several writers share a table.
     """
     began = time.perf_counter()
     existing = open_table(uri, storage_options)
+    predicate = days_predicate(start, end)
+    if only_where:
+        predicate = f"{predicate} AND {only_where}"
     write_deltalake(
         uri,
         frame.to_arrow(),
         mode="overwrite",
-        predicate=days_predicate(start, end) if existing is not None else None,
+        predicate=predicate if existing is not None else None,
         partition_by=[DT],
         storage_options=storage_options or None,
     )
@@ -74,6 +80,40 @@ def overwrite_days(
         version=table.version(),
         seconds=time.perf_counter() - began,
     )
+
+
+def append_once(
+    uri: str,
+    frame: pl.DataFrame,
+    app_id: str,
+    version: int,
+    storage_options: dict[str, str] | None = None,
+) -> bool:
+    """Append ``frame`` and record ``app_id`` at ``version`` in the same Delta commit.
+
+    Returns False, writing nothing, when the table already records ``version`` or later for
+    ``app_id``: a retried or duplicated writer cannot append twice.
+    """
+    if committed_version(uri, app_id, storage_options) >= version:
+        return False
+    write_deltalake(
+        uri,
+        frame.to_arrow(),
+        mode="append",
+        partition_by=[DT],
+        storage_options=storage_options or None,
+        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+    )
+    return True
+
+
+def committed_version(uri: str, app_id: str, storage_options: dict[str, str] | None = None) -> int:
+    """The last version recorded for ``app_id`` in the table, or 0 when none is."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        return 0
+    version = table.transaction_version(app_id)
+    return 0 if version is None else int(version)
 
 
 def partition_files(table: DeltaTable, start: date, end: date) -> tuple[int, int]:

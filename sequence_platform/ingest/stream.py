@@ -1,0 +1,279 @@
+"""Event streams behind one interface: Kafka, or the embedded local stream.
+
+Readers are explicit about what they read: a topic partition and an offset range
+``[start, end)``. Nothing is committed to the stream itself; the offsets a consumer has
+processed live in the Delta tables it writes (see ``ingest.microbatch``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+_INDEX_ENTRY = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class StreamUnavailable(RuntimeError):
+    """The stream cannot be reached (broker down, folder missing): nothing was read."""
+
+
+class EventStream(Protocol):
+    """What the sensor, the micro-batch and the indexer need from a stream."""
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset the next message will get (an empty topic gives 0)."""
+        ...
+
+    def read(self, topic: str, partition: int, start: int, end: int) -> list[StreamMessage]:
+        """Messages with ``start <= offset < end`` (fewer if the range reaches past the end)."""
+        ...
+
+    def produce(self, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        """Append ``(key, value)`` messages; returns how many were written."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalStream:
+    """An append-only stream in a folder: one partition per topic, for demos and laptops.
+
+    ``<root>/<topic>/messages.jsonl`` holds one JSON envelope per message; ``messages.idx``
+    holds each message's byte position, so reading offset N is one seek. Appends take a file
+    lock, so several producers may write at once.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _paths(self, topic: str) -> tuple[Path, Path]:
+        folder = self.root / topic
+        return folder / "messages.jsonl", folder / "messages.idx"
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        _, index = self._paths(topic)
+        size = index.stat().st_size if index.exists() else 0
+        return {0: size // _INDEX_ENTRY.size}
+
+    def read(self, topic: str, partition: int, start: int, end: int) -> list[StreamMessage]:
+        if partition != 0:
+            raise ValueError(f"the local stream has one partition (0), not {partition}")
+        data, index = self._paths(topic)
+        end = min(end, self.end_offsets(topic)[0])
+        if start >= end:
+            return []
+        with index.open("rb") as index_file:
+            index_file.seek(start * _INDEX_ENTRY.size)
+            first = _INDEX_ENTRY.unpack(index_file.read(_INDEX_ENTRY.size))[0]
+        messages: list[StreamMessage] = []
+        with data.open("rb") as data_file:
+            data_file.seek(first)
+            for offset in range(start, end):
+                envelope = json.loads(data_file.readline())
+                messages.append(
+                    StreamMessage(
+                        partition=0,
+                        offset=offset,
+                        key=_bytes(envelope["key"]),
+                        value=_bytes(envelope["value"]),
+                        timestamp_ms=int(envelope["timestamp_ms"]),
+                    )
+                )
+        return messages
+
+    def produce(self, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        data, index = self._paths(topic)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        count = 0
+        with _locked(data.parent / "lock"), data.open("ab") as data_file, index.open("ab") as idx:
+            position = data_file.tell()
+            lines: list[bytes] = []
+            positions: list[bytes] = []
+            timestamp_ms = _now_ms()
+            for key, value in messages:
+                envelope = {"key": _text(key), "value": _text(value), "timestamp_ms": timestamp_ms}
+                line = json.dumps(envelope, separators=(",", ":")).encode() + b"\n"
+                positions.append(_INDEX_ENTRY.pack(position))
+                lines.append(line)
+                position += len(line)
+                count += 1
+            # Data before index: a reader never sees an offset whose bytes are not there yet.
+            data_file.write(b"".join(lines))
+            data_file.flush()
+            os.fsync(data_file.fileno())
+            idx.write(b"".join(positions))
+            idx.flush()
+        return count
+
+    def close(self) -> None:
+        return None
+
+
+class KafkaStream:
+    """Kafka through kafka-python: explicit partition assignment, no consumer group, no commits."""
+
+    def __init__(self, bootstrap: str, *, timeout_ms: int = 10_000) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_ms = timeout_ms
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    def _consumer_client(self) -> Any:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        if self._consumer is None:
+            try:
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=self.bootstrap,
+                    enable_auto_commit=False,
+                    group_id=None,
+                    auto_offset_reset="earliest",
+                    request_timeout_ms=max(self.timeout_ms, 3_000) + 1_000,
+                    api_version_auto_timeout_ms=self.timeout_ms,
+                    max_partition_fetch_bytes=16 * 1024 * 1024,
+                    fetch_max_bytes=64 * 1024 * 1024,
+                )
+            except KafkaError as error:
+                raise StreamUnavailable(
+                    f"Kafka at {self.bootstrap} is unreachable: {error}"
+                ) from error
+        return self._consumer
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        consumer = self._consumer_client()
+        try:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                return {}
+            ends = consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+        except KafkaError as error:
+            self._reset()
+            raise StreamUnavailable(f"Kafka at {self.bootstrap} is unreachable: {error}") from error
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    def read(self, topic: str, partition: int, start: int, end: int) -> list[StreamMessage]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        consumer = self._consumer_client()
+        assigned = TopicPartition(topic, partition)
+        messages: list[StreamMessage] = []
+        try:
+            consumer.assign([assigned])
+            consumer.seek(assigned, start)
+            idle_polls = 0
+            while start < end and (not messages or messages[-1].offset < end - 1):
+                batch = consumer.poll(timeout_ms=500, max_records=5_000).get(assigned, [])
+                if not batch:
+                    idle_polls += 1
+                    if idle_polls * 500 >= self.timeout_ms:
+                        reached = messages[-1].offset + 1 if messages else start
+                        raise StreamUnavailable(
+                            f"Kafka {topic}/{partition}: read stalled at offset {reached} "
+                            f"before {end} after {self.timeout_ms} ms"
+                        )
+                    continue
+                idle_polls = 0
+                for record in batch:
+                    if start <= record.offset < end:
+                        messages.append(
+                            StreamMessage(
+                                partition, record.offset, record.key, record.value, record.timestamp
+                            )
+                        )
+        except KafkaError as error:
+            self._reset()
+            raise StreamUnavailable(f"Kafka at {self.bootstrap} failed: {error}") from error
+        return messages
+
+    def produce(self, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        try:
+            if self._producer is None:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    acks="all",
+                    linger_ms=5,
+                    max_request_size=8 * 1024 * 1024,
+                )
+            futures = [self._producer.send(topic, key=key, value=value) for key, value in messages]
+            self._producer.flush(timeout=self.timeout_ms / 1000)
+            for future in futures:
+                future.get(timeout=self.timeout_ms / 1000)
+        except KafkaError as error:
+            raise StreamUnavailable(
+                f"Kafka at {self.bootstrap}: produce failed: {error}"
+            ) from error
+        return len(futures)
+
+    def _reset(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            finally:
+                self._consumer = None
+
+    def close(self) -> None:
+        self._reset()
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
+def open_stream(kafka_bootstrap: str | None, home: Path) -> EventStream:
+    """Kafka when bootstrap servers are configured, else the local stream under ``home``."""
+    if kafka_bootstrap:
+        return KafkaStream(kafka_bootstrap)
+    return LocalStream(Path(home) / "stream")
+
+
+def iter_offsets(start: int, end: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` cut into consecutive ranges of at most ``batch_size`` offsets."""
+    for first in range(start, end, batch_size):
+        yield first, min(first + batch_size, end)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", errors="surrogateescape")
+
+
+def _bytes(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("utf-8", errors="surrogateescape")
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
