@@ -31,6 +31,12 @@ class PlatformSettings(BaseSettings):
     definitions: Path | None = Field(
         default=None, description="Folder of definitions; default the 'definitions' package."
     )
+    realtime_interval_seconds: int = Field(
+        default=3, ge=1, description="Minimum seconds between two polls of a stream sensor."
+    )
+    realtime_max_batch: int = Field(
+        default=50_000, ge=1, description="Most messages one micro-batch run processes."
+    )
     storage_options: dict[str, str] = Field(
         default_factory=dict,
         description="delta-rs storage options (credentials, endpoint) for object stores, as JSON.",

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import polars as pl
 
-from sequence_platform.engine.decode import ORIGIN, decode_json_records
+from sequence_platform.engine.decode import ORIGIN, REASON, RECORD, decode_json_records
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.stream import EventStream, StreamMessage, StreamUnavailable
 from sequence_platform.spec.catalog import Catalog
@@ -27,6 +27,7 @@ STREAM_PARTITION = "stream_partition"
 STREAM_OFFSET = "stream_offset"
 CHANNEL = "channel"
 """Dead letters say which path a record came by: ``landing`` or ``stream``."""
+DEAD_LETTER_COLUMNS = [DT, RECORD, REASON, ORIGIN, CHANNEL, STREAM_OFFSET]
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class RealtimeWriter:
             .dt.date()
             .alias(DT)
         )
-        return archive, dead.select(DT, pl.exclude(DT))
+        return archive, dead.select(DEAD_LETTER_COLUMNS)
 
     def _feature_frames(self, signal: str) -> dict[str, pl.LazyFrame]:
         spec = self.catalog.signals[signal]

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import polars as pl
 
-from sequence_platform.engine.decode import DEAD_LETTER_SCHEMA, ORIGIN
+from sequence_platform.engine.decode import ORIGIN
 from sequence_platform.engine.sequence import advance_snapshot
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.landing import read_landing_day
-from sequence_platform.ingest.microbatch import CHANNEL, STREAM_OFFSET
+from sequence_platform.ingest.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
@@ -78,11 +78,12 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    dead = pl.concat(rejected, how="vertical_relaxed").select(
-        DT,
-        *DEAD_LETTER_SCHEMA,
-        pl.lit("landing").alias(CHANNEL),
-        pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET),
+    dead = (
+        pl.concat(rejected, how="vertical_relaxed")
+        .with_columns(
+            pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
+        )
+        .select(DEAD_LETTER_COLUMNS)
     )
     stats = overwrite_days(
         ctx.layout.events(source), events, start, end, ctx.layout.storage_options

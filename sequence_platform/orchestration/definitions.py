@@ -7,6 +7,11 @@ from datetime import UTC, datetime, time
 import dagster as dg
 
 from sequence_platform.orchestration.assets import build_assets
+from sequence_platform.orchestration.realtime import (
+    RealtimeSettings,
+    realtime_assets,
+    realtime_definitions,
+)
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
@@ -28,8 +33,15 @@ def build_definitions(
     catalog = catalog or load_catalog(settings.definitions)
     partitions = daily_partitions(settings)
     platform = PlatformResource.from_settings(settings)
-    assets = build_assets(catalog, partitions, platform)
-    computed = dg.AssetSelection.all() - dg.AssetSelection.groups("landing")
+    assets = [*build_assets(catalog, partitions, platform), *realtime_assets(catalog)]
+    realtime_jobs, sensors = realtime_definitions(
+        catalog,
+        RealtimeSettings(
+            max_batch_messages=settings.realtime_max_batch,
+            minimum_interval_seconds=settings.realtime_interval_seconds,
+        ),
+    )
+    computed = dg.AssetSelection.all() - dg.AssetSelection.groups("landing", "realtime")
     batch_job = dg.define_asset_job(
         BATCH_JOB,
         selection=computed,
@@ -37,7 +49,8 @@ def build_definitions(
     )
     return dg.Definitions(
         assets=assets,
-        jobs=[batch_job],
+        jobs=[batch_job, *realtime_jobs],
+        sensors=sensors,
         schedules=[
             dg.build_schedule_from_partitioned_job(
                 batch_job,

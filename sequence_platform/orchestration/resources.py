@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
+from sequence_platform.ingest.stream import EventStream, open_stream
 from sequence_platform.orchestration.batch import BatchContext
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
@@ -18,6 +21,7 @@ class PlatformResource(dg.ConfigurableResource):
     home: str
     tables_root: str
     storage_options: dict[str, str] = {}
+    kafka_bootstrap: str | None = None
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings) -> PlatformResource:
@@ -25,7 +29,17 @@ class PlatformResource(dg.ConfigurableResource):
             home=str(settings.home.absolute()),
             tables_root=settings.tables_root,
             storage_options=dict(settings.storage_options),
+            kafka_bootstrap=settings.kafka_bootstrap,
         )
+
+    @contextmanager
+    def open_stream(self) -> Iterator[EventStream]:
+        """Kafka when bootstrap servers are set, else the local stream; closed afterwards."""
+        stream = open_stream(self.kafka_bootstrap, Path(self.home))
+        try:
+            yield stream
+        finally:
+            stream.close()
 
     @property
     def layout(self) -> TableLayout:
