@@ -63,6 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     materialize.set_defaults(command=_materialize)
 
+    produce = commands.add_parser(
+        "produce", help="send live synthetic events (or a JSON Lines file) to the stream"
+    )
+    produce.add_argument("--source", default="engagement", help="source definition to feed")
+    produce.add_argument("--rate", type=float, default=200.0, help="events per second")
+    produce.add_argument("--count", type=int, default=2_000, help="synthetic events to send")
+    produce.add_argument("--file", type=Path, help="send this JSON Lines file verbatim instead")
+    produce.add_argument("--seed", type=int, default=11)
+    produce.add_argument("--users", type=int, default=2_000)
+    produce.add_argument("--items", type=int, default=5_000)
+    produce.set_defaults(command=_produce)
+
+    index = commands.add_parser(
+        "index", help="process the stream into the real-time tables (micro-batches)"
+    )
+    index.add_argument(
+        "--continuous", action="store_true", help="keep running for sub-second freshness"
+    )
+    index.add_argument("--max-batch", type=int, default=10_000, help="messages per micro-batch")
+    index.set_defaults(command=_index)
+
     serve = commands.add_parser("serve", help="run the HTTP read service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -155,6 +176,86 @@ def _prepare_dagster_home() -> None:
     config = dagster_home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\n")
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from sequence_platform.ingest.generate import GenerationConfig, live_events
+    from sequence_platform.ingest.live import jsonl_messages, live_messages, produce_messages
+    from sequence_platform.ingest.stream import open_stream
+
+    settings = PlatformSettings()
+    catalog = load_catalog(settings.definitions)
+    if args.source not in catalog.sources:
+        print(f"Unknown source '{args.source}' (defined: {', '.join(catalog.sources)}).")
+        return 2
+    topic = catalog.sources[args.source].topic_name
+    if args.file:
+        messages = jsonl_messages(args.file)
+        what = str(args.file)
+    else:
+        config = GenerationConfig(
+            start=datetime.now(UTC).date(), users=args.users, items=args.items, seed=args.seed
+        )
+        events = live_events(config, datetime.now(UTC), args.count, args.seed)
+        messages = live_messages(events)
+        what = f"{args.count:,} live events"
+    target = settings.kafka_bootstrap or f"local stream {settings.home / 'stream'}"
+    print(f"Producing {what} to '{topic}' on {target} at {args.rate:g}/s")
+    stream = open_stream(settings.kafka_bootstrap, settings.home)
+    last = [time.monotonic()]
+
+    def report(sent: int) -> None:
+        if time.monotonic() - last[0] >= 2:
+            last[0] = time.monotonic()
+            print(f"  {sent:,} sent")
+
+    try:
+        sent = produce_messages(stream, topic, messages, rate=args.rate, on_sent=report)
+    finally:
+        stream.close()
+    print(f"Sent {sent:,} messages.")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from sequence_platform.ingest.live import ContinuousIndexer, IndexerSettings
+    from sequence_platform.ingest.microbatch import MicroBatchOutcome
+    from sequence_platform.ingest.stream import open_stream
+    from sequence_platform.storage.layout import TableLayout
+
+    settings = PlatformSettings()
+    catalog = load_catalog(settings.definitions)
+    stream = open_stream(settings.kafka_bootstrap, settings.home)
+
+    def report(outcome: MicroBatchOutcome) -> None:
+        print(
+            f"  {outcome.source}/{outcome.partition} offsets {outcome.start}..{outcome.end - 1}: "
+            f"{outcome.valid:,} events, {outcome.rejected:,} dead letters "
+            f"({outcome.seconds * 1000:.0f} ms)",
+            flush=True,
+        )
+
+    def warn(error: Exception) -> None:
+        print(f"  stream unavailable, retrying: {error}", file=sys.stderr, flush=True)
+
+    indexer = ContinuousIndexer(
+        catalog,
+        TableLayout(settings.tables_root, dict(settings.storage_options)),
+        stream,
+        IndexerSettings(max_batch_messages=args.max_batch),
+        on_batch=report,
+        on_error=warn,
+    )
+    try:
+        if args.continuous:
+            print("Indexing continuously; Ctrl-C to stop.", flush=True)
+            indexer.run()
+        else:
+            while indexer.poll_once():
+                pass
+    finally:
+        stream.close()
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -101,6 +101,7 @@ def append_once(
         frame.to_arrow(),
         mode="append",
         partition_by=[DT],
+        schema_mode="merge",
         storage_options=storage_options or None,
         commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
     )
