@@ -523,6 +523,9 @@ class KafkaBroker:
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "log.cleaner.threads": "1",
+            # Room for oversized messages, which the platform must dead-letter, not choke on.
+            "message.max.bytes": str(8 * 1024 * 1024),
+            "replica.fetch.max.bytes": str(8 * 1024 * 1024),
         }
         props.update(self.extra_properties)
         return "".join(f"{key}={value}\n" for key, value in props.items())
