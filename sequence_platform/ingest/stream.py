@@ -146,7 +146,8 @@ class KafkaStream:
                     group_id=None,
                     auto_offset_reset="earliest",
                     request_timeout_ms=max(self.timeout_ms, 3_000) + 1_000,
-                    api_version_auto_timeout_ms=self.timeout_ms,
+                    bootstrap_timeout_ms=self.timeout_ms,
+                    reconnect_backoff_max_ms=1_000,
                     max_partition_fetch_bytes=16 * 1024 * 1024,
                     fetch_max_bytes=64 * 1024 * 1024,
                 )
@@ -217,6 +218,8 @@ class KafkaStream:
                     acks="all",
                     linger_ms=5,
                     max_request_size=8 * 1024 * 1024,
+                    bootstrap_timeout_ms=self.timeout_ms,
+                    max_block_ms=self.timeout_ms,
                 )
             futures = [self._producer.send(topic, key=key, value=value) for key, value in messages]
             self._producer.flush(timeout=self.timeout_ms / 1000)
