@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time
 import dagster as dg
 
 from sequence_platform.orchestration.assets import build_assets
+from sequence_platform.orchestration.maintenance import maintenance_job
 from sequence_platform.orchestration.realtime import (
     RealtimeSettings,
     realtime_assets,
@@ -47,16 +48,23 @@ def build_definitions(
         selection=computed,
         description="Every computed asset for one day: events, features, signals, sequences.",
     )
+    maintenance = maintenance_job(catalog)
     return dg.Definitions(
         assets=assets,
-        jobs=[batch_job, *realtime_jobs],
+        jobs=[batch_job, *realtime_jobs, maintenance],
         sensors=sensors,
         schedules=[
+            dg.ScheduleDefinition(
+                job=maintenance,
+                cron_schedule="0 3 * * *",
+                execution_timezone="UTC",
+                description="Compacts and vacuums every table at 03:00 UTC.",
+            ),
             dg.build_schedule_from_partitioned_job(
                 batch_job,
                 hour_of_day=1,
                 description="Builds yesterday's partitions at 01:00 UTC.",
-            )
+            ),
         ],
         resources={"platform": platform},
     )

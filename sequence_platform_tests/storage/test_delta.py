@@ -1,0 +1,68 @@
+"""Delta writes: predicate overwrites own their days, appends record their offsets once."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from sequence_platform.storage.delta import (
+    append_once,
+    committed_version,
+    overwrite_days,
+    scan_days,
+)
+from sequence_platform.storage.maintenance import maintain_table
+
+SCHEMA = pl.Schema({"x": pl.Int64()})
+
+
+def rows(*pairs: tuple[date, int]) -> pl.DataFrame:
+    return pl.DataFrame({"dt": [d for d, _ in pairs], "x": [x for _, x in pairs]})
+
+
+def content(uri: str) -> list[tuple[date, int]]:
+    return sorted(scan_days(uri, SCHEMA).collect().iter_rows())
+
+
+def test_overwrite_replaces_exactly_its_days(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    overwrite_days(uri, rows((d1, 1), (d2, 2), (d3, 3)), d1, d3)
+    overwrite_days(uri, rows((d2, 20), (d2, 21)), d2, d2)
+    assert content(uri) == [(d1, 1), (d2, 20), (d2, 21), (d3, 3)]
+    stats = overwrite_days(uri, rows((d2, 20), (d2, 21)), d2, d2)
+    assert content(uri) == [(d1, 1), (d2, 20), (d2, 21), (d3, 3)]
+    assert (stats.rows, stats.files) == (2, 1)
+    overwrite_days(uri, rows().cast({"x": pl.Int64, "dt": pl.Date}), d1, d1)
+    assert content(uri) == [(d2, 20), (d2, 21), (d3, 3)]
+
+
+def test_overwrite_refuses_rows_outside_its_days(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
+    overwrite_days(uri, rows((d1, 1)), d1, d1)
+    with pytest.raises(Exception, match="failed validation"):
+        overwrite_days(uri, rows((d2, 2)), d1, d1)
+    assert content(uri) == [(d1, 1)]
+
+
+def test_append_once_and_maintenance_keep_offsets_and_contents(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
+    assert append_once(uri, rows((d1, 1)), "topic/0", 10)
+    assert not append_once(uri, rows((d1, 1)), "topic/0", 10)
+    assert not append_once(uri, rows((d1, 1)), "topic/0", 9)
+    assert append_once(uri, rows((d2, 2)), "topic/0", 20)
+    assert append_once(uri, rows((d2, 3)), "topic/1", 5)
+    assert (committed_version(uri, "topic/0"), committed_version(uri, "topic/1")) == (20, 5)
+    assert committed_version(uri, "other/0") == 0
+
+    outcome = maintain_table(uri, expire_before=d2)
+    assert outcome is not None
+    assert (outcome.rows_expired, outcome.files_removed, outcome.files_added) == (1, 2, 1)
+    assert content(uri) == [(d2, 2), (d2, 3)]
+    assert (committed_version(uri, "topic/0"), committed_version(uri, "topic/1")) == (20, 5)
+    assert maintain_table(str(tmp_path / "absent")) is None
