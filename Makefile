@@ -5,13 +5,14 @@ RUN := $(UV) run --frozen
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PORT ?= 8000
 
-.PHONY: help install demo test lint typecheck unit ui serve kafka validate clean
+.PHONY: help install demo test lint typecheck unit ui serve kafka validate bench clean
 
 help:
 	@echo "make demo      generate data, materialize every asset through Dagster, serve the API"
 	@echo "make test      lint, type-check and run the whole test suite"
 	@echo "make ui        open the Dagster UI on the demo's instance"
 	@echo "make serve     run the read service on the existing tables"
+	@echo "make bench     run the benchmarks (ratios against a baseline in the same run)"
 	@echo "make kafka     run a local single-node Kafka broker (needs Java 17 and Maven)"
 
 install:
@@ -34,6 +35,9 @@ unit: install
 	$(RUN) pytest -q
 
 test: lint typecheck unit
+
+bench: install
+	$(RUN) python benchmarks/bench_snapshot.py
 
 validate: install
 	$(RUN) sequence-platform validate

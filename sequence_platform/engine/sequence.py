@@ -66,11 +66,13 @@ def assemble_snapshot(
     """One row per user with at least one row in the window: ``user_id``, ``length`` and one
     list column per stored field, newest first. Users are in ascending order."""
     limit = max_length or spec.max_length
-    kept = newest_first(rows.filter(in_window(spec, at)), limit)
-    return (
-        kept.group_by("user_id", maintain_order=True)
-        .agg(pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields))
-        .sort("user_id")
+    columns, descending = NEWEST_FIRST
+    ordered = rows.filter(in_window(spec, at)).sort(
+        ["user_id", *columns], descending=[False, *descending]
+    )
+    return ordered.group_by("user_id", maintain_order=True).agg(
+        pl.len().clip(upper_bound=limit).cast(pl.Int32).alias(LENGTH),
+        *(pl.col(f).head(limit) for f in spec.stored_fields),
     )
 
 
@@ -88,11 +90,35 @@ def advance_snapshot(
     """The snapshot at ``cutoff`` from the snapshot one step earlier and the signal rows since.
 
     Exact because a snapshot keeps the newest rows: any row it dropped is older than
-    ``max_length`` rows that are still in the window, so it could never come back.
+    ``max_length`` rows that are still in the window, so it could never come back. Only users
+    with new rows are re-assembled; the others just lose what left the window, a prefix cut
+    on their newest-first lists, so the cost follows the day's activity.
     """
-    fresh = sequence_rows(signal, spec)
-    rows = fresh if previous is None else merge_rows(explode_snapshot(previous, spec), fresh)
-    return assemble_snapshot(rows, spec, cutoff)
+    fresh = sequence_rows(signal, spec).collect()
+    if previous is None:
+        return assemble_snapshot(fresh.lazy(), spec, cutoff)
+    active = fresh.select("user_id").unique().lazy()
+    touched_rows = explode_snapshot(previous.join(active, on="user_id", how="semi"), spec)
+    # Materialized between steps: planned as one query, Polars' optimizer made this step
+    # 3-4x slower (measured with benchmarks/bench_snapshot.py).
+    merged = merge_rows(touched_rows, fresh.lazy()).collect()
+    touched = assemble_snapshot(merged.lazy(), spec, cutoff).collect()
+    untouched = trim_to_window(previous.join(active, on="user_id", how="anti"), spec, cutoff)
+    return pl.concat([untouched.collect(), touched]).lazy().sort("user_id")
+
+
+def trim_to_window(snapshot: pl.LazyFrame, spec: SequenceSpec, at: datetime) -> pl.LazyFrame:
+    """Snapshot rows with events older than ``at - lookback`` cut off (users left empty drop).
+
+    Lists are newest first, so what is still in the window is a prefix of each list.
+    """
+    start = pl.lit(at - timedelta(days=spec.lookback_days), dtype=TIMESTAMP)
+    kept = pl.col("event_time").list.eval(pl.element() >= start).list.sum().cast(pl.Int32)
+    return (
+        snapshot.with_columns(kept.alias(LENGTH))
+        .filter(pl.col(LENGTH) > 0)
+        .with_columns(pl.col(f).list.head(pl.col(LENGTH)) for f in spec.stored_fields)
+    )
 
 
 def empty_snapshot(spec: SequenceSpec, catalog: Catalog) -> pl.LazyFrame:
