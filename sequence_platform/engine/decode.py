@@ -60,8 +60,10 @@ def decode_json_records(
             reason = _json_type_problem(document, schema)
         text.append(raw)
         reasons.append(reason)
+        # A refused record keeps only its raw text: its values are never parsed.
+        fields = document if document is not None and reason is None else {}
         for name, values in columns.items():
-            values.append(_as_text(document.get(name)) if document is not None else None)
+            values.append(_as_text(fields.get(name)))
     frame = pl.DataFrame(
         {
             **{name: pl.Series(name, values, dtype=pl.String) for name, values in columns.items()},
@@ -171,6 +173,9 @@ def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr
         if target == pl.Date:
             return text.str.to_date("%Y-%m-%d", strict=False)
         return text.cast(target, strict=False)
+    if source.is_float() and target.is_integer():
+        # A typed float is an integer only when it has no fraction; JSON refuses 1.5 the same.
+        return pl.when(column == column.round(0)).then(column.cast(target, strict=False))
     if isinstance(target, pl.Datetime) and isinstance(source, pl.Datetime):
         aware = column if source.time_zone else column.dt.replace_time_zone("UTC")
         return aware.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
@@ -182,11 +187,12 @@ def _parse_record(
 ) -> tuple[str | None, dict[str, object] | None, str | None]:
     if record is None:
         return None, None, "empty record"
-    if len(record) > MAX_RECORD_BYTES:
+    size = len(record) if isinstance(record, bytes) else len(record.encode("utf-8", "replace"))
+    if size > MAX_RECORD_BYTES:
         return (
-            f"<{len(record):,} bytes, not kept>",
+            f"<{size:,} bytes, not kept>",
             None,
-            (f"record of {len(record):,} bytes exceeds the limit of {MAX_RECORD_BYTES:,}"),
+            f"record of {size:,} bytes exceeds the limit of {MAX_RECORD_BYTES:,}",
         )
     raw = record.decode("utf-8", errors="replace") if isinstance(record, bytes) else record
     if not raw.strip():
@@ -215,17 +221,23 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 def _json_type_problem(document: dict[str, object], schema: pl.Schema) -> str | None:
     for name, dtype in schema.items():
         value = document.get(name)
-        if value is None:
-            continue
-        type_name = type_name_of(dtype)
-        expected = (
-            (list,) if type_name.startswith("list[") else _JSON_TYPES.get(type_name, (object,))
-        )
-        wrong_bool = isinstance(value, bool) and bool not in expected
-        if wrong_bool or not isinstance(value, expected):
+        if value is not None and not _fits(value, dtype):
             got = f"JSON {type(value).__name__} {value!r:.40}"
-            return f"field '{name}': expected {type_name}, got {got}"
+            return f"field '{name}': expected {type_name_of(dtype)}, got {got}"
     return None
+
+
+def _fits(value: object, dtype: pl.DataType) -> bool:
+    """Whether a JSON value can be read as ``dtype`` (list elements too; nulls always can)."""
+    if value is None:
+        return True
+    if isinstance(dtype, pl.List):
+        inner = dtype.inner if isinstance(dtype.inner, pl.DataType) else dtype.inner()
+        return isinstance(value, list) and all(_fits(element, inner) for element in value)
+    expected = _JSON_TYPES.get(type_name_of(dtype), (object,))
+    if isinstance(value, bool) and bool not in expected:
+        return False
+    return isinstance(value, expected)
 
 
 def _as_text(value: object) -> str | None:

@@ -9,7 +9,7 @@ same operation: merge event rows (earlier copies win), then apply the rule.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -29,11 +29,28 @@ def sequence_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
 
 def in_window(spec: SequenceSpec, at: datetime, max_age: timedelta | None = None) -> pl.Expr:
     """``T - lookback <= event_time < T``, optionally narrowed to the newest ``max_age``."""
+    at = as_utc(at)
     start = at - timedelta(days=spec.lookback_days)
     if max_age is not None:
         start = max(start, at - max_age)
     time = pl.col("event_time")
-    return (time >= pl.lit(start, dtype=TIMESTAMP)) & (time < pl.lit(at, dtype=TIMESTAMP))
+    # Event times are whole milliseconds, so rounding both bounds up keeps both comparisons
+    # exact for a bound with microseconds (``t < T`` is ``t < ceil(T)`` for such t).
+    return (time >= _millisecond_literal(start)) & (time < _millisecond_literal(at))
+
+
+def as_utc(at: datetime) -> datetime:
+    """``at`` in UTC; a time without a zone is refused rather than guessed."""
+    if at.tzinfo is None:
+        raise ValueError(f"{at.isoformat()} has no time zone; pass an aware datetime")
+    return at.astimezone(UTC)
+
+
+def _millisecond_literal(at: datetime) -> pl.Expr:
+    remainder = at.microsecond % 1000
+    if remainder:
+        at += timedelta(microseconds=1000 - remainder)
+    return pl.lit(at, dtype=TIMESTAMP)
 
 
 def newest_first(rows: pl.LazyFrame, max_length: int) -> pl.LazyFrame:
@@ -47,7 +64,7 @@ def newest_first(rows: pl.LazyFrame, max_length: int) -> pl.LazyFrame:
 
 
 def merge_rows(*rows_by_priority: pl.LazyFrame) -> pl.LazyFrame:
-    """Union of event rows; where a user's ``event_id`` appears twice the earlier frame wins."""
+    """Union of event rows; where an ``event_id`` appears twice the earlier frame wins."""
     ranked = [
         frame.with_columns(pl.lit(rank, dtype=pl.UInt32).alias("__rank"))
         for rank, frame in enumerate(rows_by_priority)
@@ -55,7 +72,7 @@ def merge_rows(*rows_by_priority: pl.LazyFrame) -> pl.LazyFrame:
     return (
         pl.concat(ranked, how="vertical_relaxed")
         .sort("__rank", maintain_order=True)
-        .unique(subset=["user_id", "event_id"], keep="first", maintain_order=True)
+        .unique(subset="event_id", keep="first", maintain_order=True)
         .drop("__rank")
     )
 
@@ -112,7 +129,7 @@ def trim_to_window(snapshot: pl.LazyFrame, spec: SequenceSpec, at: datetime) -> 
 
     Lists are newest first, so what is still in the window is a prefix of each list.
     """
-    start = pl.lit(at - timedelta(days=spec.lookback_days), dtype=TIMESTAMP)
+    start = _millisecond_literal(as_utc(at) - timedelta(days=spec.lookback_days))
     kept = pl.col("event_time").list.eval(pl.element() >= start).list.sum().cast(pl.Int32)
     return (
         snapshot.with_columns(kept.alias(LENGTH))

@@ -8,13 +8,14 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from sequence_platform.engine.sequence import (
+    as_utc,
     explode_snapshot,
     in_window,
     merge_rows,
     newest_first,
     sequence_rows,
 )
-from sequence_platform.engine.signal import enrich_as_of
+from sequence_platform.engine.signal import deduplicate_events, enrich_as_of
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import AGE_FIELD, SequenceSpec
 from sequence_platform.spec.types import TIMESTAMP
@@ -37,7 +38,11 @@ def merge_realtime_tail(
     it, re-ordered and trimmed by the sequence rule. One row per event, newest first per user,
     with ``from_realtime`` telling where each came from."""
     batch = explode_snapshot(snapshot, spec).with_columns(pl.lit(False).alias(FROM_REALTIME))
-    fresh = sequence_rows(tail, spec).with_columns(pl.lit(True).alias(FROM_REALTIME))
+    # Rule 1 before the filter: which copy of a twice-delivered event counts must not depend
+    # on whether one copy passes the filter.
+    fresh = sequence_rows(deduplicate_events(tail), spec).with_columns(
+        pl.lit(True).alias(FROM_REALTIME)
+    )
     rows = merge_rows(batch, fresh).filter(in_window(spec, at, max_age))
     return newest_first(rows, max_length or spec.max_length)
 
@@ -50,7 +55,7 @@ def add_request_fields(
     at: datetime,
 ) -> pl.LazyFrame:
     """``age_seconds`` and the ``request_enrich`` columns, joined as of the request time."""
-    frame = rows.with_columns(pl.lit(at, dtype=TIMESTAMP).alias(REQUEST_TIME))
+    frame = rows.with_columns(pl.lit(as_utc(at), dtype=TIMESTAMP).alias(REQUEST_TIME))
     for enrichment in spec.request_enrich:
         table = catalog.feature_tables[enrichment.table]
         frame = enrich_as_of(frame, features[enrichment.table], table, enrichment, REQUEST_TIME)

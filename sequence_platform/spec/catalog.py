@@ -187,7 +187,11 @@ class Catalog:
             except KeyError as error:
                 return [self._problem(spec, f"{where}.name", str(error.args[0]))]
             except Exception as error:
-                return [self._problem(spec, where, f"executor '{call.name}' failed: {error}")]
+                return [
+                    self._problem(
+                        spec, where, f"executor '{call.name}' failed: {_first_line(error)}"
+                    )
+                ]
         schema = frame.collect_schema()
         missing = [name for name in REQUIRED_EVENT_FIELDS if name not in schema]
         if missing:
@@ -207,7 +211,15 @@ class Catalog:
             if problem:
                 problems.append(problem)
         for index, field in enumerate(spec.fields):
-            if field not in schema:
+            if field == "user_id":
+                problems.append(
+                    self._problem(
+                        spec,
+                        f"fields[{index}]",
+                        "'user_id' is the key of every sequence (one row per user), not a field",
+                    )
+                )
+            elif field not in schema:
                 problems.append(
                     self._problem(
                         spec,
@@ -273,11 +285,11 @@ class Catalog:
             predicate = pl.sql_expr(expression)
             result = pl.LazyFrame(schema=schema).select(predicate).collect_schema()
         except Exception as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             return self._problem(
                 spec,
                 "filter",
-                f"cannot evaluate {expression!r}: {message} (columns: {', '.join(schema)})",
+                f"cannot evaluate {expression!r}: {_first_line(error)} "
+                f"(columns: {', '.join(schema)})",
             )
         dtype = next(iter(result.values()))
         if dtype != pl.Boolean:
@@ -289,3 +301,9 @@ class Catalog:
     ) -> DefinitionProblem:
         listed = ", ".join(sorted(known)) or "none defined"
         return self._problem(spec, field, f"unknown {kind} '{name}' (defined: {listed})")
+
+
+def _first_line(error: Exception) -> str:
+    """Polars errors carry the whole query plan after the first line; the author needs the first."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

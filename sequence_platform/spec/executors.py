@@ -54,10 +54,16 @@ def bind_executor(name: str, params: dict[str, Any]) -> Callable[[pl.LazyFrame],
     """The executor ``name`` with ``params`` applied, after checking them against its signature."""
     fn = lookup_executor(name)
     signature = inspect.signature(fn)
+    accepted = list(signature.parameters)[1:]
+    unknown = [param for param in params if param not in accepted]
+    if unknown:
+        raise ExecutorParamsError(
+            f"unknown param {', '.join(map(repr, unknown))} "
+            f"(accepted params: {', '.join(accepted) or 'none'})"
+        )
     try:
         signature.bind(pl.LazyFrame(), **params)
     except TypeError as error:
-        accepted = [p for p in list(signature.parameters)[1:]]
         raise ExecutorParamsError(f"{error} (accepted params: {', '.join(accepted)})") from None
 
     def run(frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -17,6 +17,7 @@ from sequence_platform.spec.errors import DefinitionError, DefinitionProblem
 from sequence_platform.spec.models import (
     Definition,
     FeatureTableSpec,
+    InvalidDefinition,
     SequenceSpec,
     SignalSpec,
     SourceSpec,
@@ -97,6 +98,8 @@ def _load_json(path: Path) -> tuple[list[LoadedDefinition], list[DefinitionProbl
             continue
         try:
             loaded.append(LoadedDefinition(_DEFINITION.validate_python(item), origin))
+        except InvalidDefinition as invalid:
+            problems += _problems_from_validation(origin, label, invalid.error)
         except ValidationError as error:
             problems += _problems_from_validation(origin, label, error)
     return loaded, problems
@@ -106,9 +109,13 @@ def _load_python(path: Path) -> tuple[list[LoadedDefinition], list[DefinitionPro
     origin = _display(path)
     try:
         module = _import_file(path)
-    except ValidationError as error:
-        title = error.title.removesuffix("Spec").lower()
-        return [], _problems_from_validation(origin, f"a {title} definition", error)
+    except InvalidDefinition as invalid:
+        label = (
+            f"{invalid.kind} '{invalid.name}'"
+            if isinstance(invalid.name, str)
+            else (f"a {invalid.kind} definition")
+        )
+        return [], _problems_from_validation(origin, label, invalid.error)
     except Exception as error:
         problem = f"cannot import: {type(error).__name__}: {error}"
         return [], [DefinitionProblem(origin, "module", "", problem)]

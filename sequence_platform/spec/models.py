@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from sequence_platform.spec.types import FieldType
 
@@ -27,11 +27,32 @@ AGE_FIELD = "age_seconds"
 """Request-time field: seconds between the request time and the event."""
 
 
+class InvalidDefinition(Exception):
+    """A definition was refused; says which one, with pydantic's details.
+
+    Not a ValueError on purpose: pydantic would fold it into a ValidationError of its own.
+    """
+
+    def __init__(self, kind: str, name: object, error: ValidationError) -> None:
+        self.kind = kind
+        self.name = name
+        self.error = error
+        label = f"{kind} '{name}'" if isinstance(name, str) else f"a {kind} definition"
+        super().__init__(f"{label}: {error}")
+
+
 class _Definition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Name
     description: str = ""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            kind = type(self).model_fields["kind"].default
+            raise InvalidDefinition(kind, data.get("name"), error) from None
 
 
 class SourceSpec(_Definition):

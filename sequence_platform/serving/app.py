@@ -1,0 +1,149 @@
+"""The read service: an app factory, its lifespan (the store refresher) and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sequence_platform.serving.context import ServingContext
+from sequence_platform.serving.errors import ServingError
+from sequence_platform.serving.metrics import RequestMetricsMiddleware, ServingMetrics
+from sequence_platform.serving.refresher import StoreRefresher
+from sequence_platform.serving.routers import definitions, health, sequences
+from sequence_platform.serving.store import SnapshotStore
+from sequence_platform.settings import PlatformSettings
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.loader import load_catalog
+from sequence_platform.storage.layout import TableLayout
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "internal error; the server log has the details"
+
+DESCRIPTION = """Per-user event sequences for ML models, as of any time: the latest batch
+snapshot merged with the real-time tail, trimmed, with request-time enrichment. The same
+definitions (see `/v1/definitions`) drive the batch, real-time and serving runtimes."""
+
+
+def create_app(
+    settings: PlatformSettings | None = None,
+    *,
+    catalog: Catalog | None = None,
+    refresh_interval: float = 1.0,
+) -> FastAPI:
+    """A read service over the tables of ``settings`` for the definitions of ``catalog``.
+
+    The catalog is loaded here (a wrong definition raises ``DefinitionError`` before anything
+    serves); the tables are read by a background thread started with the app's lifespan.
+    """
+    settings = settings or PlatformSettings()
+    catalog = catalog or load_catalog(settings.definitions)
+    layout = TableLayout(settings.tables_root, settings.storage_options)
+    store = SnapshotStore(catalog, layout)
+    refresher = StoreRefresher(store, refresh_interval)
+    context = ServingContext(catalog, store, ServingMetrics(store))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        refresher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(refresher.stop)
+
+    app = FastAPI(
+        title="Sequence Platform read service",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.serving = context
+    app.include_router(sequences.router)
+    app.include_router(definitions.router)
+    app.include_router(health.router)
+    # The last added is the outermost: metrics see the 500 that the error middleware writes.
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+def serve(
+    settings: PlatformSettings | None = None, host: str = "127.0.0.1", port: int = 8000
+) -> None:
+    """Run the read service with uvicorn until interrupted."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+async def _serving_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServingError)
+    return JSONResponse({"detail": error.message}, status_code=error.status_code)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": describe_validation(error)}, status_code=422)
+
+
+class InternalErrorMiddleware:
+    """A bug becomes a logged JSON 500, and the connection stays usable.
+
+    (Starlette's own handler for ``Exception`` re-raises after answering, and uvicorn then
+    drops the connection.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_track(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_track)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+            await response(scope, receive, send)
+
+
+def describe_validation(error: RequestValidationError) -> str:
+    """FastAPI's validation errors as one sentence per problem, naming the parameter."""
+    problems: list[str] = []
+    for detail in error.errors():
+        location = [str(part) for part in detail.get("loc", ())]
+        kind, rest = (location[0], location[1:]) if location else ("request", [])
+        if kind in ("query", "path") and rest:
+            where = f"{kind} parameter '{rest[0]}'"
+        elif kind == "body" and detail.get("type") == "json_invalid":
+            where = "body (not valid JSON)"
+        elif kind == "body":
+            where = f"body field '{'.'.join(rest)}'" if rest else "body"
+        else:
+            where = ".".join(location) or "request"
+        message = f"{where}: {detail.get('msg', 'invalid')}"
+        if kind in ("query", "path") and "input" in detail:
+            message += f" (got {detail['input']!r:.80})"
+        problems.append(message)
+    return "; ".join(problems) or "invalid request"

@@ -1,0 +1,1 @@
+"""One router per resource: sequences, definitions, and the service's own health."""

@@ -1,0 +1,421 @@
+"""What the read service keeps in memory, each table reloaded only when its Delta version changes.
+
+Per sequence: the latest snapshot partition (older ones on demand, in a small LRU cache); per
+signal: the real-time rows for the tail; per request-enriched feature table: every version.
+Requests never open a table. The refresher is the only writer: it builds new state off to the
+side and swaps one reference, so a request always reads one consistent version of each table.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+
+import numpy as np
+import polars as pl
+from deltalake import DeltaTable
+
+from sequence_platform.engine.sequence import empty_snapshot
+from sequence_platform.serving.errors import NotLoaded
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.storage.delta import DT, open_table
+from sequence_platform.storage.layout import TableLayout
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MS = timedelta(milliseconds=1)
+
+
+def snapshot_cutoff(day: date) -> datetime:
+    """The snapshot of partition ``dt=D`` is the sequence at ``D+1 00:00 UTC``."""
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+def epoch_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // ONE_MS
+
+
+def rows_of_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row positions, in ``sorted_keys`` order per key, of every row whose key is in ``keys``.
+
+    ``keys`` must be sorted and distinct; the result is ascending.
+    """
+    low = np.searchsorted(sorted_keys, keys, side="left")
+    high = np.searchsorted(sorted_keys, keys, side="right")
+    counts = high - low
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    # Consecutive ranges low..high as one vector: each range's start repeated, plus a ramp.
+    offsets = np.repeat(low - np.cumsum(counts) + counts, counts)
+    return (offsets + np.arange(total)).astype(np.int64)
+
+
+def read_table(table: DeltaTable, schema: pl.Schema, day: date | None = None) -> pl.DataFrame:
+    """Rows of the pinned table version (one day, or all) with columns cast to ``schema``."""
+    frame = pl.scan_delta(table)
+    if day is not None:
+        frame = frame.filter(pl.col(DT) == day)
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items()).collect()
+
+
+def partition_files(table: DeltaTable) -> dict[date, frozenset[str]]:
+    """The data files of each ``dt`` partition of the table version."""
+    actions = pl.DataFrame(table.get_add_actions(flatten=True))
+    if actions.is_empty():
+        return {}
+    grouped = actions.group_by(f"partition.{DT}").agg(pl.col("path"))
+    return {day: frozenset(paths) for day, paths in grouped.iter_rows() if day is not None}
+
+
+# -- in-memory tables --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot partition in memory: a row per user, sorted by ``user_id``."""
+
+    frame: pl.DataFrame
+    day: date | None = None
+    """The partition, or None for the empty snapshot served when no cutoff is early enough."""
+    table_version: int | None = None
+    user_ids: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = self.frame["user_id"].to_numpy().astype(np.int64, copy=False)
+        object.__setattr__(self, "user_ids", ids)
+
+    @property
+    def cutoff(self) -> datetime | None:
+        return None if self.day is None else snapshot_cutoff(self.day)
+
+    def rows_for(self, user_ids: np.ndarray) -> pl.DataFrame:
+        """The snapshot rows of ``user_ids`` (sorted, distinct); absent users have none."""
+        return self.frame[rows_of_keys(self.user_ids, user_ids)]
+
+
+@dataclass
+class TableStatus:
+    """What the refresher knows about one table, for readiness and metrics."""
+
+    kind: str
+    name: str
+    uri: str
+    loaded: bool = False
+    """Read at least once, or known to be absent."""
+    version: int | None = None
+    rows: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+class WatchedTable(ABC):
+    """One Delta table mirrored in memory and reloaded when its version changes."""
+
+    kind = "table"
+
+    def __init__(self, name: str, uri: str, storage_options: dict[str, str]) -> None:
+        self.status = TableStatus(self.kind, name, uri)
+        self._storage_options = storage_options
+
+    @property
+    def loaded(self) -> bool:
+        return self.status.loaded
+
+    def refresh(self) -> bool:
+        """Check the table's version; reload when it changed. True when something was reloaded.
+
+        A failure keeps the previous state (and is counted); the next refresh tries again.
+        """
+        status = self.status
+        try:
+            table = open_table(status.uri, self._storage_options)
+            version = None if table is None else table.version()
+            if status.loaded and version == status.version:
+                return False
+            status.rows = self._absent() if table is None else self._load(table)
+        except Exception as error:
+            status.errors += 1
+            # delta-rs appends a backtrace to its messages: keep the first line.
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            status.last_error = f"{type(error).__name__}: {first_line}"
+            log.warning("refreshing %s %s failed: %s", self.kind, status.name, status.last_error)
+            return False
+        status.version = version
+        status.loaded = True
+        status.last_error = None
+        return True
+
+    @abstractmethod
+    def _load(self, table: DeltaTable) -> int:
+        """Replace the in-memory state with this table version; return its row count."""
+
+    @abstractmethod
+    def _absent(self) -> int:
+        """Replace the in-memory state with that of a table not written yet."""
+
+    def _require_loaded(self) -> None:
+        if not self.status.loaded:
+            raise NotLoaded(
+                f"{self.kind} '{self.status.name}' has not been read yet; retry shortly"
+                + (f" (last error: {self.status.last_error})" if self.status.last_error else "")
+            )
+
+
+@dataclass(frozen=True)
+class _SnapshotTableState:
+    table: DeltaTable | None
+    """The table at the version loaded, pinned, for reading older partitions on demand."""
+    days: tuple[date, ...]
+    latest: Snapshot
+    latest_files: frozenset[str]
+
+
+class SnapshotLRU:
+    """Older snapshot partitions read on demand, keyed by (table version, day)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[int | None, date], Snapshot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int | None, date]) -> Snapshot | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[int | None, date], snapshot: Snapshot) -> None:
+        with self._lock:
+            self._items[key] = snapshot
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SnapshotTable(WatchedTable):
+    """The snapshot table of one sequence: the latest partition in memory, older ones cached."""
+
+    kind = "sequence"
+
+    def __init__(
+        self,
+        spec: SequenceSpec,
+        catalog: Catalog,
+        layout: TableLayout,
+        *,
+        cached_older: int = 4,
+    ) -> None:
+        super().__init__(spec.name, layout.sequence(spec), layout.storage_options)
+        self.spec = spec
+        self._empty = empty_snapshot(spec, catalog).collect()
+        self.schema = self._empty.schema
+        self.older = SnapshotLRU(cached_older)
+        self._state = _SnapshotTableState(None, (), Snapshot(self._empty), frozenset())
+
+    @property
+    def latest(self) -> Snapshot:
+        return self._state.latest
+
+    def _absent(self) -> int:
+        self._state = _SnapshotTableState(None, (), Snapshot(self._empty), frozenset())
+        return 0
+
+    def _load(self, table: DeltaTable) -> int:
+        version = table.version()
+        files = partition_files(table)
+        days = tuple(sorted(files))
+        previous = self._state
+        if not days:
+            latest = Snapshot(self._empty, None, version)
+        elif previous.latest.day == days[-1] and previous.latest_files == files[days[-1]]:
+            # A commit that left the newest partition alone (e.g. a backfill of older days).
+            latest = replace(previous.latest, table_version=version)
+        else:
+            latest = Snapshot(self._read_day(table, days[-1]), days[-1], version)
+        self._state = _SnapshotTableState(
+            table, days, latest, files[days[-1]] if days else frozenset()
+        )
+        return latest.frame.height
+
+    def snapshot_at(self, at: datetime) -> Snapshot:
+        """The latest snapshot with cutoff ``C <= at``; the empty snapshot when there is none."""
+        self._require_loaded()
+        state = self._state
+        cutoff = state.latest.cutoff
+        if cutoff is not None and cutoff <= at:
+            return state.latest
+        # cutoff(D) = D+1 00:00 <= at  exactly when  D <= at's UTC date - 1 day.
+        position = bisect.bisect_right(state.days, at.astimezone(UTC).date() - timedelta(days=1))
+        if position == 0 or state.table is None:
+            return Snapshot(self._empty, None, state.latest.table_version)
+        day = state.days[position - 1]
+        key = (state.latest.table_version, day)
+        cached = self.older.get(key)
+        if cached is not None:
+            return cached
+        try:
+            snapshot = Snapshot(self._read_day(state.table, day), day, key[0])
+        except Exception as error:
+            log.warning("reading snapshot %s of %s failed: %s", day, self.spec.name, error)
+            raise NotLoaded(
+                f"the snapshot of '{self.spec.name}' for {day} cannot be read right now; retry"
+            ) from error
+        self.older.put(key, snapshot)
+        return snapshot
+
+    def _read_day(self, table: DeltaTable, day: date) -> pl.DataFrame:
+        return (
+            read_table(table, self.schema, day)
+            .filter(pl.col("user_id").is_not_null())
+            .sort("user_id")
+        )
+
+
+@dataclass(frozen=True)
+class _TailState:
+    rows: pl.DataFrame
+    """Signal rows sorted by ``user_id`` then ``event_time``."""
+    user_ids: np.ndarray
+    event_times: np.ndarray
+    """Every row's ``event_time`` in epoch milliseconds, ascending (for the watermark)."""
+
+
+class RealtimeTail(WatchedTable):
+    """The rows of ``realtime/<signal>`` that serving merges on top of snapshots.
+
+    Today a new table version reloads the table (retention keeps it to a few days). Reading
+    only the commits after the loaded version fits behind the same interface: ``_load`` would
+    append the new rows to the state instead of replacing it.
+    """
+
+    kind = "realtime"
+
+    def __init__(self, signal: str, catalog: Catalog, layout: TableLayout) -> None:
+        super().__init__(signal, layout.realtime(signal), layout.storage_options)
+        self.schema = catalog.signal_schema(signal)
+        self._state = self._index(pl.DataFrame(schema=self.schema))
+
+    def _absent(self) -> int:
+        self._state = self._index(pl.DataFrame(schema=self.schema))
+        return 0
+
+    def _load(self, table: DeltaTable) -> int:
+        self._state = self._index(read_table(table, self.schema))
+        return self._state.rows.height
+
+    @staticmethod
+    def _index(rows: pl.DataFrame) -> _TailState:
+        ordered = rows.filter(pl.col("user_id").is_not_null()).sort("user_id", "event_time")
+        times = ordered["event_time"].dt.epoch("ms").drop_nulls().sort().to_numpy()
+        return _TailState(
+            ordered,
+            ordered["user_id"].to_numpy().astype(np.int64, copy=False),
+            times.astype(np.int64, copy=False),
+        )
+
+    def rows_for(self, user_ids: np.ndarray, start: datetime, end: datetime) -> pl.DataFrame:
+        """Rows of ``user_ids`` (sorted, distinct) with ``start <= event_time < end``."""
+        self._require_loaded()
+        state = self._state
+        rows = state.rows[rows_of_keys(state.user_ids, user_ids)]
+        time_column = pl.col("event_time")
+        return rows.filter(
+            (time_column >= pl.lit(start, dtype=self.schema["event_time"]))
+            & (time_column < pl.lit(end, dtype=self.schema["event_time"]))
+        )
+
+    def watermark_before(self, at: datetime) -> datetime | None:
+        """The greatest ``event_time`` of any real-time row before ``at``, or None."""
+        times = self._state.event_times
+        position = int(np.searchsorted(times, epoch_ms(at), side="left"))
+        return None if position == 0 else EPOCH + int(times[position - 1]) * ONE_MS
+
+
+class FeatureVersions(WatchedTable):
+    """Every version of a feature table (they are small), for request-time enrichment."""
+
+    kind = "features"
+
+    def __init__(self, table: str, catalog: Catalog, layout: TableLayout) -> None:
+        super().__init__(table, layout.features(table), layout.storage_options)
+        spec = catalog.feature_tables[table]
+        self.schema = catalog.feature_schema(table)
+        self._order = [spec.key, spec.as_of]
+        self._rows = pl.DataFrame(schema=self.schema)
+
+    @property
+    def rows(self) -> pl.DataFrame:
+        self._require_loaded()
+        return self._rows
+
+    def _absent(self) -> int:
+        self._rows = pl.DataFrame(schema=self.schema)
+        return 0
+
+    def _load(self, table: DeltaTable) -> int:
+        self._rows = read_table(table, self.schema).sort(self._order)
+        return self._rows.height
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+class SnapshotStore:
+    """Every table the read service needs for a catalog, kept in memory."""
+
+    def __init__(self, catalog: Catalog, layout: TableLayout, *, cached_older: int = 4) -> None:
+        self.catalog = catalog
+        self.layout = layout
+        self.snapshots = {
+            name: SnapshotTable(spec, catalog, layout, cached_older=cached_older)
+            for name, spec in catalog.sequences.items()
+        }
+        signals = sorted({spec.signal for spec in catalog.sequences.values()})
+        self.tails = {signal: RealtimeTail(signal, catalog, layout) for signal in signals}
+        tables = sorted(
+            {e.table for spec in catalog.sequences.values() for e in spec.request_enrich}
+        )
+        self.features = {table: FeatureVersions(table, catalog, layout) for table in tables}
+        self._refresh_lock = threading.Lock()
+        self.refreshes = 0
+
+    def tables(self) -> Iterator[WatchedTable]:
+        yield from self.snapshots.values()
+        yield from self.tails.values()
+        yield from self.features.values()
+
+    def refresh(self) -> list[TableStatus]:
+        """Check every table once; reload those whose version changed. Returns the reloaded."""
+        with self._refresh_lock:
+            reloaded = [table.status for table in self.tables() if table.refresh()]
+            self.refreshes += 1
+        return reloaded
+
+    def not_ready(self) -> list[str]:
+        """Why the store cannot answer every sequence yet; empty when it can."""
+        return [
+            f"{t.status.kind} table '{t.status.name}' at {t.status.uri} not read yet"
+            + (f" ({t.status.last_error})" if t.status.last_error else "")
+            for t in self.tables()
+            if not t.loaded
+        ]
+
+    def tail_of(self, spec: SequenceSpec) -> RealtimeTail:
+        return self.tails[spec.signal]
+
+    def feature_rows(self, spec: SequenceSpec) -> dict[str, pl.LazyFrame]:
+        """The feature tables ``spec`` enriches from at request time, every version."""
+        return {e.table: self.features[e.table].rows.lazy() for e in spec.request_enrich}
