@@ -9,7 +9,7 @@ same operation: merge event rows (earlier copies win), then apply the rule.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
 
@@ -25,6 +25,11 @@ def sequence_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
     """Signal rows that pass ``S.filter``, reduced to ``user_id`` and the stored fields."""
     frame = signal.filter(pl.sql_expr(spec.filter)) if spec.filter else signal
     return frame.select("user_id", *spec.stored_fields)
+
+
+def snapshot_cutoff(day: date) -> datetime:
+    """The snapshot of day ``D`` is the sequence at ``D+1 00:00 UTC``."""
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
 
 
 def in_window(spec: SequenceSpec, at: datetime, max_age: timedelta | None = None) -> pl.Expr:

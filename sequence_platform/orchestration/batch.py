@@ -8,13 +8,13 @@ exactly those partitions, so running it again gives the same table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
 
 from sequence_platform.engine.decode import ORIGIN
-from sequence_platform.engine.sequence import advance_snapshot
+from sequence_platform.engine.sequence import advance_snapshot, snapshot_cutoff
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.landing import read_landing_day
 from sequence_platform.ingest.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
@@ -44,11 +44,6 @@ class StepOutcome:
     """What was written for the days, for the asset checks."""
     stats: WriteStats
     extra: dict[str, int | float | str] = field(default_factory=dict)
-
-
-def cutoff_of(day: date) -> datetime:
-    """A day's snapshot is the sequence at the start of the next day (UTC)."""
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
 
 
 def build_events(ctx: BatchContext, source: str, start: date, end: date) -> StepOutcome:
@@ -181,7 +176,7 @@ def build_sequence_days(ctx: BatchContext, sequence: str, start: date, end: date
             ctx.layout.storage_options,
         ).drop(DT)
         snapshot = advance_snapshot(
-            previous.lazy() if previous is not None else None, signal, spec, cutoff_of(day)
+            previous.lazy() if previous is not None else None, signal, spec, snapshot_cutoff(day)
         ).collect()
         snapshots.append(snapshot.with_columns(pl.lit(day).alias(DT)))
         previous = snapshot

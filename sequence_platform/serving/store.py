@@ -15,13 +15,14 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
 from deltalake import DeltaTable
 
-from sequence_platform.engine.sequence import empty_snapshot
+from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff
+from sequence_platform.ingest.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.serving.errors import NotLoaded
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
@@ -32,11 +33,6 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
-
-
-def snapshot_cutoff(day: date) -> datetime:
-    """The snapshot of partition ``dt=D`` is the sequence at ``D+1 00:00 UTC``."""
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -125,6 +121,15 @@ class WatchedTable(ABC):
     def __init__(self, name: str, uri: str, storage_options: dict[str, str]) -> None:
         self.status = TableStatus(self.kind, name, uri)
         self._storage_options = storage_options
+        self._table: DeltaTable | None = None
+
+    def _current(self) -> DeltaTable | None:
+        """The table at its newest version; an open table only reads the commits it lacks."""
+        if self._table is None:
+            self._table = open_table(self.status.uri, self._storage_options)
+        else:
+            self._table.update_incremental()
+        return self._table
 
     @property
     def loaded(self) -> bool:
@@ -137,12 +142,13 @@ class WatchedTable(ABC):
         """
         status = self.status
         try:
-            table = open_table(status.uri, self._storage_options)
+            table = self._current()
             version = None if table is None else table.version()
             if status.loaded and version == status.version:
                 return False
             status.rows = self._absent() if table is None else self._load(table)
         except Exception as error:
+            self._table = None  # reopen from scratch next time
             status.errors += 1
             # delta-rs appends a backtrace to its messages: keep the first line.
             first_line = (str(error).strip().splitlines() or [""])[0]
@@ -287,7 +293,7 @@ class SnapshotTable(WatchedTable):
 @dataclass(frozen=True)
 class _TailState:
     rows: pl.DataFrame
-    """Signal rows sorted by ``user_id`` then ``event_time``."""
+    """Signal rows sorted by ``user_id``, then in delivery order (partition, offset)."""
     user_ids: np.ndarray
     event_times: np.ndarray
     """Every row's ``event_time`` in epoch milliseconds, ascending (for the watermark)."""
@@ -296,29 +302,70 @@ class _TailState:
 class RealtimeTail(WatchedTable):
     """The rows of ``realtime/<signal>`` that serving merges on top of snapshots.
 
-    Today a new table version reloads the table (retention keeps it to a few days). Reading
-    only the commits after the loaded version fits behind the same interface: ``_load`` would
-    append the new rows to the state instead of replacing it.
+    Micro-batches only append, so a new version is read as the data files it added; only a
+    version that removed files (compaction, retention) makes it read the table again. Rows are
+    kept in delivery order per user, which is the order the engine's de-duplication relies on.
     """
 
     kind = "realtime"
 
     def __init__(self, signal: str, catalog: Catalog, layout: TableLayout) -> None:
         super().__init__(signal, layout.realtime(signal), layout.storage_options)
-        self.schema = catalog.signal_schema(signal)
+        self.schema = pl.Schema(
+            {
+                **dict(catalog.signal_schema(signal)),
+                STREAM_PARTITION: pl.Int32(),
+                STREAM_OFFSET: pl.Int64(),
+            }
+        )
+        self._files: frozenset[str] = frozenset()
+        self.files_read = 0
+        """Data files read since start: what the incremental refresh saves is visible here."""
         self._state = self._index(pl.DataFrame(schema=self.schema))
 
     def _absent(self) -> int:
+        self._files = frozenset()
         self._state = self._index(pl.DataFrame(schema=self.schema))
         return 0
 
     def _load(self, table: DeltaTable) -> int:
-        self._state = self._index(read_table(table, self.schema))
+        files = frozenset(pl.DataFrame(table.get_add_actions(flatten=True))["path"].to_list())
+        if self.status.loaded and self._files <= files:
+            added = sorted(files - self._files)
+            fresh = self._read_files(table, added)
+            rows = pl.concat([self._state.rows, fresh], how="vertical_relaxed")
+            self.files_read += len(added)
+        else:
+            rows = self._project(pl.scan_delta(table))
+            self.files_read += len(files)
+        self._files = files
+        self._state = self._index(rows)
         return self._state.rows.height
+
+    def _read_files(self, table: DeltaTable, paths: list[str]) -> pl.DataFrame:
+        if not paths:
+            return pl.DataFrame(schema=self.schema)
+        root = table.table_uri.rstrip("/")
+        frame = pl.scan_parquet(
+            [f"{root}/{path}" for path in paths],
+            storage_options=self._storage_options or None,
+            hive_partitioning=False,
+        )
+        return self._project(frame)
+
+    def _project(self, frame: pl.LazyFrame) -> pl.DataFrame:
+        """The signal columns; delivery offsets are null for rows another writer appended."""
+        present = frame.collect_schema()
+        return frame.select(
+            (pl.col(name) if name in present else pl.lit(None)).cast(dtype).alias(name)
+            for name, dtype in self.schema.items()
+        ).collect()
 
     @staticmethod
     def _index(rows: pl.DataFrame) -> _TailState:
-        ordered = rows.filter(pl.col("user_id").is_not_null()).sort("user_id", "event_time")
+        ordered = rows.filter(pl.col("user_id").is_not_null()).sort(
+            "user_id", STREAM_PARTITION, STREAM_OFFSET
+        )
         times = ordered["event_time"].dt.epoch("ms").drop_nulls().sort().to_numpy()
         return _TailState(
             ordered,

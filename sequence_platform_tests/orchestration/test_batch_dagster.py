@@ -13,11 +13,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from sequence_platform.engine.sequence import assemble_snapshot, sequence_rows
+from sequence_platform.engine.sequence import assemble_snapshot, sequence_rows, snapshot_cutoff
 from sequence_platform.ingest.generate import GenerationConfig, GenerationSummary, generate_landing
 from sequence_platform.ingest.landing import landing_dir
 from sequence_platform.orchestration import build_definitions
-from sequence_platform.orchestration.batch import cutoff_of
 from sequence_platform.orchestration.runner import computed_asset_keys, materialize_days
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
@@ -98,7 +97,7 @@ def test_snapshot_equals_direct_computation(platform: Platform) -> None:
     snapshots = platform.table(platform.layout.sequence(spec))
     for day in (START, END):
         direct = assemble_snapshot(
-            sequence_rows(signal.lazy(), spec), spec, cutoff_of(day)
+            sequence_rows(signal.lazy(), spec), spec, snapshot_cutoff(day)
         ).collect()
         stored = snapshots.filter(pl.col(DT) == day).drop(DT).sort("user_id")
         stored = stored.with_columns(pl.col("event_time").cast(pl.List(pl.Datetime("ms", "UTC"))))

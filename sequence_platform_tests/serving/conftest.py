@@ -27,6 +27,7 @@ class Served:
     catalog: Catalog
     layout: TableLayout
     client: httpx.Client
+    app: FastAPI
 
 
 class RunningServer:
@@ -81,4 +82,4 @@ def served(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Iterat
     with RunningServer(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         wait_for(client, "/healthz")
         wait_for(client, "/readyz")
-        yield Served(catalog, layout, client)
+        yield Served(catalog, layout, client, app)

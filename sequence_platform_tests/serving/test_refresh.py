@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from sequence_platform.storage.delta import DT, overwrite_days
+from sequence_platform.storage.delta import DT, append_once, overwrite_days
 from sequence_platform_tests.serving.conftest import REFRESH_INTERVAL, Served
 from sequence_platform_tests.serving.data_home import (
     D3,
@@ -78,3 +78,24 @@ def test_new_real_time_rows_are_served_without_restart(served: Served) -> None:
     assert body["events"][0]["event_id"] == "e11"
     assert body["provenance"]["from_realtime"] == 1
     assert body["provenance"]["realtime_watermark"] == "2026-03-04T00:30:00.000Z"
+
+
+def test_appended_real_time_rows_are_read_as_new_files_only(served: Served) -> None:
+    """Micro-batches append; the service reads each new commit's files, not the table."""
+    uri = served.layout.realtime("engagement_enriched")
+    tail = served.app.state.serving.store.tails["engagement_enriched"]
+    signal = served.catalog.signal_schema("engagement_enriched")
+    before = tail.files_read
+    path = "/v1/sequences/recent_saves/4"
+    for offset, (event_id, minute) in enumerate([("e21", 10), ("e22", 20)]):
+        fresh = event(event_id, 4, 40, "save", f"2026-03-04T00:{minute}:00", "shoes", [1.0], 100)
+        rows = pl.DataFrame([fresh], schema=signal, orient="row").with_columns(
+            pl.col("event_time").dt.date().alias(DT),
+            pl.lit(0, dtype=pl.Int32).alias("stream_partition"),
+            pl.lit(offset, dtype=pl.Int64).alias("stream_offset"),
+        )
+        assert append_once(uri, rows, "engagement/0", offset + 1)
+        poll(served, path, lambda body, n=offset + 1: body["length"] == n)
+    body = served.client.get(path, params={"as_of": AS_OF}).json()
+    assert [e["event_id"] for e in body["events"]] == ["e22", "e21"]
+    assert tail.files_read - before == 2
