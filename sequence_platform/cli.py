@@ -155,6 +155,8 @@ def _materialize(args: argparse.Namespace) -> int:
     def report(run: AssetRun) -> None:
         status = "ok" if run.success else "FAILED"
         checks = f"  failed checks: {', '.join(run.failed_checks)}" if run.failed_checks else ""
+        if run.warnings:
+            checks += f"  warnings: {', '.join(run.warnings)}"
         print(
             f"  {run.key.to_user_string():<34} {status:<6} {run.rows:>9,} rows"
             f"  {run.seconds:6.2f}s  run {run.run_id[:8]}{checks}"

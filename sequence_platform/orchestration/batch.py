@@ -24,6 +24,7 @@ from sequence_platform.storage.delta import (
     DT,
     WriteStats,
     day_range,
+    delete_keys,
     open_table,
     overwrite_days,
     scan_days,
@@ -182,7 +183,56 @@ def build_sequence_days(ctx: BatchContext, sequence: str, start: date, end: date
         previous = snapshot
     written = pl.concat(snapshots, how="vertical_relaxed").select(DT, pl.exclude(DT))
     stats = overwrite_days(uri, written, start, end, ctx.layout.storage_options)
-    return StepOutcome(written, stats, {"resumed_from_previous_snapshot": str(resumed)})
+    pruned = prune_realtime(ctx, spec.signal)
+    return StepOutcome(
+        written,
+        stats,
+        {"resumed_from_previous_snapshot": str(resumed), "realtime_rows_pruned": pruned},
+    )
+
+
+def prune_realtime(ctx: BatchContext, signal: str) -> int:
+    """Delete real-time rows whose event the batch now holds, once every snapshot of the
+    signal covers it.
+
+    The batch copy is authoritative (the landing copy wins), and from then on it is in every
+    snapshot or rightly left out of it; a stream copy left in the tail could only bring back
+    a stale version. Until every sequence of the signal has a snapshot of that day, the tail
+    keeps the row, so nothing is ever missing from the served sequence.
+    """
+    spec = ctx.catalog.signals[signal]
+    sequences = [s for s in ctx.catalog.sequences.values() if s.signal == signal]
+    covered = [_latest_snapshot_day(ctx, sequence) for sequence in sequences]
+    realtime = ctx.layout.realtime(signal)
+    if not covered or open_table(realtime, ctx.layout.storage_options) is None:
+        return 0
+    days = [day for day in covered if day is not None]
+    if len(days) < len(covered):
+        return 0
+    upto = min(days)
+    tail_days = scan_days(realtime, pl.Schema(), storage_options=ctx.layout.storage_options)
+    earliest = tail_days.select(pl.col(DT).min()).collect().item()
+    if not isinstance(earliest, date) or earliest > upto:
+        return 0
+    # A correction may move an event to another day, but never out of every window.
+    horizon = max(s.lookback_days for s in sequences)
+    batch_ids = scan_days(
+        ctx.layout.events(spec.source),
+        pl.Schema({"event_id": pl.String()}),
+        earliest - timedelta(days=horizon),
+        upto,
+        ctx.layout.storage_options,
+    ).collect()
+    return delete_keys(realtime, batch_ids, "event_id", ctx.layout.storage_options)
+
+
+def _latest_snapshot_day(ctx: BatchContext, spec: SequenceSpec) -> date | None:
+    uri = ctx.layout.sequence(spec)
+    if open_table(uri, ctx.layout.storage_options) is None:
+        return None
+    days = scan_days(uri, pl.Schema(), storage_options=ctx.layout.storage_options)
+    latest = days.select(pl.col(DT).max()).collect().item()
+    return latest if isinstance(latest, date) else None
 
 
 def _read_snapshot(ctx: BatchContext, spec: SequenceSpec, day: date) -> pl.DataFrame | None:

@@ -23,6 +23,9 @@ class AssetRun:
     rows: int
     seconds: float
     failed_checks: list[str]
+    """Checks of ERROR severity that did not pass."""
+    warnings: list[str]
+    """Checks of WARN severity that did not pass (a quiet day, say)."""
 
 
 def computed_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
@@ -68,12 +71,13 @@ def _summarize(key: dg.AssetKey, result: dg.ExecuteInProcessResult) -> AssetRun:
     metadata = materializations[0].metadata if materializations else {}
     rows = _number(metadata.get("rows"))
     seconds = _number(metadata.get("duration_s"))
-    failed = [
-        evaluation.check_name
-        for evaluation in result.get_asset_check_evaluations()
-        if not evaluation.passed
-    ]
-    return AssetRun(key, result.run_id, result.success, int(rows), float(seconds), failed)
+    failed: list[str] = []
+    warnings: list[str] = []
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            severe = evaluation.severity == dg.AssetCheckSeverity.ERROR
+            (failed if severe else warnings).append(evaluation.check_name)
+    return AssetRun(key, result.run_id, result.success, int(rows), float(seconds), failed, warnings)
 
 
 def _number(value: dg.MetadataValue | None) -> int | float:

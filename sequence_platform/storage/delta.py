@@ -12,7 +12,7 @@ from datetime import date, timedelta
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 DT = "dt"
 
@@ -152,3 +152,40 @@ def scan_days(
 def table_version(uri: str, storage_options: dict[str, str] | None = None) -> int | None:
     table = open_table(uri, storage_options)
     return None if table is None else table.version()
+
+
+def delete_keys(
+    uri: str,
+    keys: pl.DataFrame,
+    column: str,
+    storage_options: dict[str, str] | None = None,
+    *,
+    attempts: int = 5,
+) -> int:
+    """Delete the rows whose ``column`` is among ``keys[column]``; returns how many went.
+
+    Retried when a concurrent writer (a micro-batch appending) wins the commit race.
+    """
+    table = open_table(uri, storage_options)
+    if table is None or keys.is_empty():
+        return 0
+    source = keys.select(column).unique().to_arrow()
+    for attempt in range(attempts):
+        try:
+            metrics = (
+                table.merge(
+                    source,
+                    predicate=f"t.{column} = s.{column}",
+                    source_alias="s",
+                    target_alias="t",
+                )
+                .when_matched_delete()
+                .execute()
+            )
+            return int(metrics.get("num_target_rows_deleted", 0) or 0)
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+            table.update_incremental()
+    return 0

@@ -366,8 +366,10 @@ def test_a_cutoff_given_with_an_offset_is_the_same_instant_in_utc() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the snapshot forgets events it trimmed, so a stale stream copy of a corrected "
-    "landing event re-enters the served sequence: the landing copy no longer wins (rule 1)",
+    reason="the engine alone cannot know: the snapshot forgets events it trimmed, so a stale "
+    "stream copy of a corrected landing event re-enters the merge. The platform removes such "
+    "copies from the real-time table once the batch holds the event (prune_realtime), which "
+    "test_end_to_end checks",
 )
 def test_a_corrected_landing_event_trimmed_from_the_snapshot_stays_out() -> None:
     spec = with_limits(max_length=1)
