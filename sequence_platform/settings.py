@@ -32,10 +32,18 @@ class PlatformSettings(BaseSettings):
         default=None, description="Folder of definitions; default the 'definitions' package."
     )
     realtime_interval_seconds: int = Field(
-        default=3, ge=1, description="Minimum seconds between two polls of a stream sensor."
+        default=1, ge=1, description="Minimum seconds between two polls of a stream sensor."
+    )
+    realtime_linger_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description="How long a micro-batch run keeps taking newly arrived ranges.",
     )
     realtime_max_batch: int = Field(
         default=50_000, ge=1, description="Most messages one micro-batch run processes."
+    )
+    refresh_seconds: float = Field(
+        default=0.5, gt=0, description="How often the read service checks table versions."
     )
     storage_options: dict[str, str] = Field(
         default_factory=dict,

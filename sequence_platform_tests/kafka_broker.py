@@ -303,6 +303,29 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def produce_ok(bootstrap: str, timeout: float = 5.0) -> bool:
+    """True when a message to an auto-created probe topic is acknowledged within ``timeout``."""
+    from kafka import KafkaProducer
+
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            max_block_ms=int(timeout * 1000),
+            request_timeout_ms=int(timeout * 1000),
+        )
+    except Exception:
+        return False
+    try:
+        producer.send("readiness-probe", b"ready").get(timeout=timeout)
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            producer.close(timeout=1)
+
+
 def metadata_ok(bootstrap: str, timeout: float = 5.0) -> bool:
     """True when a kafka-python metadata request (list topics) succeeds within ``timeout``."""
     from kafka import KafkaAdminClient
@@ -605,7 +628,13 @@ class KafkaBroker:
                 code = None if self._proc is None else self._proc.returncode
                 raise KafkaUnavailable(self._failure_message(f"exited with code {code}"))
             remaining = deadline - time.monotonic()
-            if _port_open(self.port) and metadata_ok(self.bootstrap, min(5.0, max(remaining, 1))):
+            timeout = min(5.0, max(remaining, 1))
+            # Metadata alone is not enough after a restart: topic creation and writes can lag.
+            if (
+                _port_open(self.port)
+                and metadata_ok(self.bootstrap, timeout)
+                and produce_ok(self.bootstrap, timeout)
+            ):
                 return
             time.sleep(0.2)
         message = self._failure_message(f"was not ready within {self.startup_timeout:.0f}s")

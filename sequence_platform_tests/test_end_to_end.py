@@ -116,6 +116,7 @@ def test_served_sequences_equal_the_rules_over_both_paths(
         start_date=D1,
         kafka_bootstrap=kafka_broker.bootstrap,
         definitions=definitions,
+        realtime_linger_seconds=0,
     )
     catalog = load_catalog(definitions)
     defs = build_definitions(catalog=catalog, settings=settings)

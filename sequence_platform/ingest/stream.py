@@ -7,6 +7,7 @@ processed live in the Delta tables it writes (see ``ingest.microbatch``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -208,28 +209,46 @@ class KafkaStream:
         return messages
 
     def produce(self, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-        from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
+        batch = list(messages)
         try:
-            if self._producer is None:
-                self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap,
-                    acks="all",
-                    linger_ms=5,
-                    max_request_size=8 * 1024 * 1024,
-                    bootstrap_timeout_ms=self.timeout_ms,
-                    max_block_ms=self.timeout_ms,
-                )
-            futures = [self._producer.send(topic, key=key, value=value) for key, value in messages]
-            self._producer.flush(timeout=self.timeout_ms / 1000)
-            for future in futures:
-                future.get(timeout=self.timeout_ms / 1000)
+            return self._send(topic, batch)
+        except KafkaError:
+            # A producer can hold on to a connection that died with a broker restart; a fresh
+            # one reconnects. The retry may duplicate messages: readers de-duplicate by id.
+            self._close_producer()
+        try:
+            return self._send(topic, batch)
         except KafkaError as error:
+            self._close_producer()
             raise StreamUnavailable(
                 f"Kafka at {self.bootstrap}: produce failed: {error}"
             ) from error
+
+    def _send(self, topic: str, batch: list[tuple[bytes | None, bytes | None]]) -> int:
+        from kafka import KafkaProducer
+
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                linger_ms=5,
+                max_request_size=8 * 1024 * 1024,
+                bootstrap_timeout_ms=self.timeout_ms,
+                max_block_ms=self.timeout_ms,
+            )
+        futures = [self._producer.send(topic, key=key, value=value) for key, value in batch]
+        self._producer.flush(timeout=self.timeout_ms / 1000)
+        for future in futures:
+            future.get(timeout=self.timeout_ms / 1000)
         return len(futures)
+
+    def _close_producer(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=1)
+            self._producer = None
 
     def _reset(self) -> None:
         if self._consumer is not None:
@@ -240,9 +259,7 @@ class KafkaStream:
 
     def close(self) -> None:
         self._reset()
-        if self._producer is not None:
-            self._producer.close()
-            self._producer = None
+        self._close_producer()
 
 
 def open_stream(kafka_bootstrap: str | None, home: Path) -> EventStream:

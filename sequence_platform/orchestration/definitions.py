@@ -40,6 +40,7 @@ def build_definitions(
         RealtimeSettings(
             max_batch_messages=settings.realtime_max_batch,
             minimum_interval_seconds=settings.realtime_interval_seconds,
+            linger_seconds=settings.realtime_linger_seconds,
         ),
     )
     computed = dg.AssetSelection.all() - dg.AssetSelection.groups("landing", "realtime")

@@ -7,12 +7,13 @@ itself skips what its tables already hold.
 """
 
 import json
+import time
 import warnings
 from dataclasses import dataclass
 
 import dagster as dg
 
-from sequence_platform.ingest.microbatch import RealtimeWriter
+from sequence_platform.ingest.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.ingest.stream import StreamUnavailable
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.spec.catalog import Catalog
@@ -33,7 +34,8 @@ FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 @dataclass(frozen=True)
 class RealtimeSettings:
     max_batch_messages: int = 50_000
-    minimum_interval_seconds: int = 3
+    minimum_interval_seconds: int = 1
+    linger_seconds: float = 20.0
 
 
 class MicroBatchConfig(dg.Config):
@@ -68,10 +70,47 @@ def realtime_assets(catalog: Catalog) -> list[dg.AssetSpec]:
     ]
 
 
-def microbatch_job(catalog: Catalog, source: SourceSpec) -> dg.JobDefinition:
+def _report(
+    context: dg.OpExecutionContext,
+    catalog: Catalog,
+    platform: PlatformResource,
+    source: SourceSpec,
+    outcome: MicroBatchOutcome,
+) -> None:
+    offsets = f"{outcome.start}..{outcome.end - 1}"
+    context.log.info(
+        f"{source.topic_name}/{outcome.partition} offsets {offsets}: "
+        f"{outcome.valid} events, {outcome.rejected} dead letters, "
+        f"{len(outcome.appended)} tables appended in {outcome.seconds:.2f}s"
+    )
+    for signal in catalog.signals_of_source[source.name]:
+        uri = platform.layout.realtime(signal.name)
+        if uri not in outcome.appended:
+            continue
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=realtime_key(signal.name),
+                metadata={
+                    "rows_appended": outcome.appended[uri],
+                    "offsets": offsets,
+                    "stream_partition": outcome.partition,
+                    "dead_letters": outcome.rejected,
+                    "watermark": str(outcome.watermark) if outcome.watermark else "none",
+                    "duration_s": round(outcome.seconds, 3),
+                },
+            )
+        )
+
+
+def microbatch_job(
+    catalog: Catalog, source: SourceSpec, settings: RealtimeSettings
+) -> dg.JobDefinition:
     @dg.op(
         name=f"microbatch_{source.name}",
-        description=f"Decode, validate, archive and index one offset range of '{source.name}'.",
+        description=(
+            f"Decode, validate, archive and index one offset range of '{source.name}'; then, "
+            f"for up to {settings.linger_seconds:g} s, the ranges that arrive meanwhile."
+        ),
     )
     def process_range(
         context: dg.OpExecutionContext, config: MicroBatchConfig, platform: PlatformResource
@@ -79,33 +118,27 @@ def microbatch_job(catalog: Catalog, source: SourceSpec) -> dg.JobDefinition:
         with platform.open_stream() as stream:
             writer = RealtimeWriter(catalog, platform.layout, stream)
             outcome = writer.process(source.name, config.partition, config.start, config.end)
-        context.log.info(
-            f"{source.topic_name}/{config.partition} offsets {config.start}..{config.end - 1}: "
-            f"{outcome.valid} events, {outcome.rejected} dead letters, "
-            f"{len(outcome.appended)} tables appended in {outcome.seconds:.2f}s"
-        )
-        for signal in catalog.signals_of_source[source.name]:
-            uri = platform.layout.realtime(signal.name)
-            if uri not in outcome.appended:
-                continue
-            context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=realtime_key(signal.name),
-                    metadata={
-                        "rows_appended": outcome.appended[uri],
-                        "offsets": f"{config.start}..{config.end - 1}",
-                        "stream_partition": config.partition,
-                        "dead_letters": outcome.rejected,
-                        "watermark": str(outcome.watermark) if outcome.watermark else "none",
-                        "duration_s": round(outcome.seconds, 3),
-                    },
-                )
-            )
+            _report(context, catalog, platform, source, outcome)
+            # A launched run is warm: it takes the next ranges itself while they keep coming,
+            # each committed with its own end offset, instead of paying a launch per batch.
+            # Only this run writes the partition meanwhile (the sensor waits for it).
+            lingering_until = time.monotonic() + settings.linger_seconds
+            while time.monotonic() < lingering_until:
+                end = stream.end_offsets(source.topic_name).get(config.partition, 0)
+                start = writer.committed_offset(source.name, config.partition)
+                if start >= end:
+                    time.sleep(0.1)
+                    continue
+                stop = min(end, start + settings.max_batch_messages)
+                outcome = writer.process(source.name, config.partition, start, stop)
+                _report(context, catalog, platform, source, outcome)
 
     @dg.job(
         name=microbatch_job_name(source.name),
         description=f"One micro-batch of the '{source.name}' stream (launched by its sensor).",
         tags={SOURCE_TAG: source.name},
+        # One step: running it in the run's own process saves a process start per batch.
+        executor_def=dg.in_process_executor,
     )
     def job() -> None:
         process_range()
@@ -184,8 +217,7 @@ def stream_sensor(
                 f"offset range (at most {settings.max_batch_messages:,} messages a run)."
             ),
         )
-
-    return decorate(poll)
+        return decorate(poll)
 
 
 def _runs(
@@ -207,7 +239,7 @@ def realtime_definitions(
     jobs: list[dg.JobDefinition] = []
     sensors: list[dg.SensorDefinition] = []
     for source in catalog.sources.values():
-        job = microbatch_job(catalog, source)
+        job = microbatch_job(catalog, source, settings)
         jobs.append(job)
         sensors.append(stream_sensor(catalog, source, job, settings))
     return jobs, sensors

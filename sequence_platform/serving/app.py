@@ -37,7 +37,7 @@ def create_app(
     settings: PlatformSettings | None = None,
     *,
     catalog: Catalog | None = None,
-    refresh_interval: float = 1.0,
+    refresh_interval: float | None = None,
 ) -> FastAPI:
     """A read service over the tables of ``settings`` for the definitions of ``catalog``.
 
@@ -48,7 +48,7 @@ def create_app(
     catalog = catalog or load_catalog(settings.definitions)
     layout = TableLayout(settings.tables_root, settings.storage_options)
     store = SnapshotStore(catalog, layout)
-    refresher = StoreRefresher(store, refresh_interval)
+    refresher = StoreRefresher(store, refresh_interval or settings.refresh_seconds)
     context = ServingContext(catalog, store, ServingMetrics(store))
 
     @asynccontextmanager

@@ -27,7 +27,7 @@ def executor(name: str) -> Callable[[ExecutorFunction], ExecutorFunction]:
 
     def register(fn: ExecutorFunction) -> ExecutorFunction:
         existing = _REGISTRY.get(name)
-        if existing is not None and _qualified(existing) != _qualified(fn):
+        if existing is not None and not _same_executor(existing, fn):
             raise ValueError(
                 f"executor {name!r} is already registered by {_qualified(existing)}; "
                 f"{_qualified(fn)} needs another name"
@@ -70,6 +70,19 @@ def bind_executor(name: str, params: dict[str, Any]) -> Callable[[pl.LazyFrame],
         return fn(frame, **params)
 
     return run
+
+
+def _same_executor(first: ExecutorFunction, second: ExecutorFunction) -> bool:
+    """The same function, possibly loaded twice: from one file, or from a copy of it."""
+    if _qualified(first) == _qualified(second):
+        return True
+    a, b = first.__code__, second.__code__
+    return (
+        first.__qualname__ == second.__qualname__
+        and a.co_code == b.co_code
+        and a.co_consts == b.co_consts
+        and a.co_names == b.co_names
+    )
 
 
 def _qualified(fn: ExecutorFunction) -> str:

@@ -193,7 +193,11 @@ def _sensor_and_job(
     catalog: Catalog, home: Path, bootstrap: str
 ) -> tuple[dg.Definitions, dg.SensorDefinition, dg.JobDefinition]:
     settings = PlatformSettings(
-        home=home, start_date=date(2026, 3, 1), kafka_bootstrap=bootstrap, realtime_max_batch=8
+        home=home,
+        start_date=date(2026, 3, 1),
+        kafka_bootstrap=bootstrap,
+        realtime_max_batch=8,
+        realtime_linger_seconds=0,
     )
     defs = build_definitions(catalog=catalog, settings=settings)
     return (
