@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.ingest.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.ingest.stream import EventStream, StreamUnavailable
@@ -59,7 +60,9 @@ class ContinuousIndexer:
         while not self.stop_event.is_set():
             try:
                 worked = self.poll_once()
-            except StreamUnavailable as error:
+            except (StreamUnavailable, CommitFailedError) as error:
+                # Stream down, or another writer (a sensor run) committed first: start over
+                # from the offsets the tables hold.
                 if self.on_error is not None:
                     self.on_error(error)
                 self._positions.clear()

@@ -86,11 +86,15 @@ class RealtimeWriter:
         return min(self.committed_offsets(source, partition).values())
 
     def process(self, source: str, partition: int, start: int, end: int) -> MicroBatchOutcome:
-        """Process ``[start, end)`` of the source's partition; safe to repeat or overlap."""
+        """Process the source's partition up to ``end``; safe to repeat or overlap.
+
+        Reading starts where the tables' committed offsets say, whatever ``start`` is, so a
+        range that begins after a gap (a failed run, a lost cursor) can never skip messages.
+        """
         began = time.perf_counter()
         spec = self.catalog.sources[source]
         done = self.committed_offsets(source, partition)
-        first = max(start, min(done.values()))
+        first = min(done.values())
         if first >= end:
             return MicroBatchOutcome(source, partition, start, end, 0, 0, 0)
         messages = self.stream.read(spec.topic_name, partition, first, end)
@@ -127,7 +131,7 @@ class RealtimeWriter:
         return MicroBatchOutcome(
             source,
             partition,
-            start,
+            first,
             end,
             len(messages),
             archive.height,

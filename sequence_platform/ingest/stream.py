@@ -211,16 +211,11 @@ class KafkaStream:
     def produce(self, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
         from kafka.errors import KafkaError
 
-        batch = list(messages)
         try:
-            return self._send(topic, batch)
-        except KafkaError:
-            # A producer can hold on to a connection that died with a broker restart; a fresh
-            # one reconnects. The retry may duplicate messages: readers de-duplicate by id.
-            self._close_producer()
-        try:
-            return self._send(topic, batch)
+            return self._send(topic, list(messages))
         except KafkaError as error:
+            # Not retried with a new producer: that could write the batch twice. The
+            # idempotent producer already retries within its delivery timeout.
             self._close_producer()
             raise StreamUnavailable(
                 f"Kafka at {self.bootstrap}: produce failed: {error}"
@@ -237,6 +232,9 @@ class KafkaStream:
                 max_request_size=8 * 1024 * 1024,
                 bootstrap_timeout_ms=self.timeout_ms,
                 max_block_ms=self.timeout_ms,
+                # Back within a second of a broker restart, not after the 30 s default.
+                reconnect_backoff_max_ms=1_000,
+                enable_idempotence=True,
             )
         futures = [self._producer.send(topic, key=key, value=value) for key, value in batch]
         self._producer.flush(timeout=self.timeout_ms / 1000)

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import dagster as dg
+from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.ingest.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.ingest.stream import StreamUnavailable
@@ -121,7 +122,7 @@ def microbatch_job(
             _report(context, catalog, platform, source, outcome)
             # A launched run is warm: it takes the next ranges itself while they keep coming,
             # each committed with its own end offset, instead of paying a launch per batch.
-            # Only this run writes the partition meanwhile (the sensor waits for it).
+            # The sensor launches no other run for the partition meanwhile.
             lingering_until = time.monotonic() + settings.linger_seconds
             while time.monotonic() < lingering_until:
                 end = stream.end_offsets(source.topic_name).get(config.partition, 0)
@@ -130,7 +131,10 @@ def microbatch_job(
                     time.sleep(0.1)
                     continue
                 stop = min(end, start + settings.max_batch_messages)
-                outcome = writer.process(source.name, config.partition, start, stop)
+                try:
+                    outcome = writer.process(source.name, config.partition, start, stop)
+                except CommitFailedError:
+                    continue  # another writer (an indexer) got there first: re-read offsets
                 _report(context, catalog, platform, source, outcome)
 
     @dg.job(

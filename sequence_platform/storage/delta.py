@@ -12,7 +12,7 @@ from datetime import date, timedelta
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 DT = "dt"
 
@@ -94,17 +94,43 @@ def append_once(
     Returns False, writing nothing, when the table already records ``version`` or later for
     ``app_id``: a retried or duplicated writer cannot append twice.
     """
-    if committed_version(uri, app_id, storage_options) >= version:
+    # No silent retry at the next version: a lost race must be re-checked, not re-applied.
+    commit = CommitProperties(app_transactions=[Transaction(app_id, version)], max_commit_retries=0)
+    table = open_table(uri, storage_options)
+    if table is None:
+        try:
+            # Creating the table: of two writers racing to create it, exactly one succeeds.
+            write_deltalake(
+                uri,
+                frame.to_arrow(),
+                mode="error",
+                partition_by=[DT],
+                storage_options=storage_options or None,
+                commit_properties=commit,
+            )
+            return True
+        except (CommitFailedError, DeltaError):
+            table = open_table(uri, storage_options)
+            if table is None:
+                raise
+    if (table.transaction_version(app_id) or 0) >= version:
         return False
-    write_deltalake(
-        uri,
-        frame.to_arrow(),
-        mode="append",
-        partition_by=[DT],
-        schema_mode="merge",
-        storage_options=storage_options or None,
-        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
-    )
+    try:
+        # Written against the very version checked above: if another writer commits for
+        # ``app_id`` in between, Delta refuses this commit instead of appending twice.
+        write_deltalake(
+            table,
+            frame.to_arrow(),
+            mode="append",
+            partition_by=[DT],
+            schema_mode="merge",
+            storage_options=storage_options or None,
+            commit_properties=commit,
+        )
+    except CommitFailedError:
+        if committed_version(uri, app_id, storage_options) >= version:
+            return False
+        raise
     return True
 
 

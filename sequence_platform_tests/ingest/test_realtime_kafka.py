@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.ingest.microbatch import RealtimeWriter
 from sequence_platform.ingest.stream import KafkaStream
@@ -102,6 +104,40 @@ def test_retried_duplicated_and_overlapping_ranges_write_once(
     realtime = table(layout, "realtime", "engagement_enriched")
     assert realtime["event_id"].n_unique() == realtime.height == 30
     assert writer.committed_offset("engagement", 0) == 30
+
+
+def test_two_writers_at_once_write_each_message_once(
+    topic_catalog: Catalog, kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The indexer and a sensor run on the same partition at the same time."""
+    topic = topic_of(topic_catalog)
+    layout = TableLayout(str(tmp_path / "tables"))
+    streams = [KafkaStream(kafka_broker.bootstrap) for _ in range(2)]
+    streams[0].produce(topic, [encode(event(i)) for i in range(60)])
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def write(stream: KafkaStream) -> None:
+        writer = RealtimeWriter(topic_catalog, layout, stream)
+        start.wait()
+        for end in range(10, 61, 10):
+            for _attempt in range(5):  # a lost commit race is retried, as the indexer does
+                try:
+                    writer.process("engagement", 0, 0, end)
+                    break
+                except CommitFailedError as error:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(stream,)) for stream in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for stream in streams:
+        stream.close()
+    for family, name in (("stream_archive", "engagement"), ("realtime", "engagement_enriched")):
+        rows = table(layout, family, name)
+        assert sorted(rows["event_id"]) == [f"k-{i:05d}" for i in range(60)], family
 
 
 class DiesAfterFirstTable(RealtimeWriter):
