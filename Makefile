@@ -12,7 +12,7 @@ help:
 	@echo "make test      lint, type-check and run the whole test suite"
 	@echo "make ui        open the Dagster UI on the demo's instance"
 	@echo "make serve     run the read service on the existing tables"
-	@echo "make bench     run the benchmarks (ratios against a baseline in the same run)"
+	@echo "make bench     run the benchmarks (snapshot cost ratio; freshness p50/p95, needs Java 17)"
 	@echo "make kafka     run a local single-node Kafka broker (needs Java 17 and Maven)"
 
 install:
@@ -38,6 +38,7 @@ test: lint typecheck unit
 
 bench: install
 	$(RUN) python benchmarks/bench_snapshot.py
+	$(RUN) python benchmarks/bench_freshness.py
 
 validate: install
 	$(RUN) sequence-platform validate
