@@ -122,6 +122,20 @@ def _daily_asset(
     return decorate(_materialize)
 
 
+def standard_checks(schema: pl.Schema, keys: list[str], required: list[str]) -> Checker:
+    """Schema, unique keys, required fields and rows written, on what a run wrote."""
+
+    def run(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
+        return [
+            checks.schema_check(written, schema),
+            checks.unique_check(written, keys),
+            checks.required_check(written, required),
+            checks.rows_check(written),
+        ]
+
+    return run
+
+
 def build_assets(
     catalog: Catalog, partitions: dg.PartitionsDefinition, platform: PlatformResource
 ) -> list[dg.AssetsDefinition | dg.AssetSpec]:
@@ -143,24 +157,15 @@ def build_assets(
             )
         )
 
-        def event_checks(
-            written: pl.DataFrame, schema: pl.Schema = schema
-        ) -> list[dg.AssetCheckResult]:
-            return [
-                checks.schema_check(written, schema),
-                checks.unique_check(written, ["event_id"]),
-                checks.required_check(written, list(REQUIRED_EVENT_FIELDS)),
-                checks.rows_check(written),
-            ]
-
         found.append(
             _daily_asset(
                 events_key(source.name),
                 group="events",
                 description=(
-                    f"{source.description}\n\nValidated, de-duplicated '{source.name}' events "
-                    "from the landing zone; records that fail validation go to "
-                    f"dead_letters/{source.name} with their reason."
+                    f"{source.description}\n\nValidated, de-duplicated '{source.name}' events: "
+                    "the day's landing files and stream archive, the landing copy winning. "
+                    f"Records that fail validation go to dead_letters/{source.name} with "
+                    "their reason."
                 ).strip(),
                 partitions=partitions,
                 deps=[landing_key(source.name)],
@@ -170,7 +175,7 @@ def build_assets(
                 catalog=catalog,
                 builder=build_events,
                 name=source.name,
-                checker=event_checks,
+                checker=standard_checks(schema, ["event_id"], list(REQUIRED_EVENT_FIELDS)),
             )
         )
 
@@ -184,19 +189,6 @@ def build_assets(
                 partitions_def=partitions,
             )
         )
-
-        def feature_checks(
-            written: pl.DataFrame,
-            schema: pl.Schema = schema,
-            key: str = table.key,
-            as_of: str = table.as_of,
-        ) -> list[dg.AssetCheckResult]:
-            return [
-                checks.schema_check(written, schema),
-                checks.unique_check(written, [key, as_of]),
-                checks.required_check(written, [key, as_of]),
-                checks.rows_check(written),
-            ]
 
         found.append(
             _daily_asset(
@@ -214,22 +206,12 @@ def build_assets(
                 catalog=catalog,
                 builder=build_features,
                 name=table.name,
-                checker=feature_checks,
+                checker=standard_checks(schema, [table.key, table.as_of], [table.key, table.as_of]),
             )
         )
 
     for signal in catalog.signals.values():
         schema = catalog.signal_schema(signal.name)
-
-        def signal_checks(
-            written: pl.DataFrame, schema: pl.Schema = schema
-        ) -> list[dg.AssetCheckResult]:
-            return [
-                checks.schema_check(written, schema),
-                checks.unique_check(written, ["event_id"]),
-                checks.required_check(written, list(REQUIRED_EVENT_FIELDS)),
-                checks.rows_check(written),
-            ]
 
         enriched = ", ".join(e.table for e in signal.enrich) or "nothing"
         executors = ", ".join(c.name for c in signal.executors) or "none"
@@ -250,7 +232,7 @@ def build_assets(
                 catalog=catalog,
                 builder=build_signal_days,
                 name=signal.name,
-                checker=signal_checks,
+                checker=standard_checks(schema, ["event_id"], list(REQUIRED_EVENT_FIELDS)),
             )
         )
 
@@ -272,14 +254,11 @@ def _sequence_asset(
         | {name: pl.List(dtype) for name, dtype in elements.items()}
     )
 
+    standard = standard_checks(schema, ["user_id"], ["user_id", "length"])
+
     def sequence_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
-        return [
-            checks.schema_check(written, schema),
-            checks.unique_check(written, ["user_id"]),
-            checks.required_check(written, ["user_id", "length"]),
-            checks.rows_check(written),
-            checks.ordering_check(written, spec.max_length, spec.stored_fields),
-        ]
+        ordering = checks.ordering_check(written, spec.max_length, spec.stored_fields)
+        return [*standard(written), ordering]
 
     return _daily_asset(
         key,
