@@ -1,4 +1,7 @@
-"""Field types of the definition language and their Polars and Arrow equivalents."""
+"""Field types of the definition language and their Polars equivalents.
+
+Arrow and Delta types follow from the Polars ones when a table is written.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import re
 from typing import Annotated, Literal
 
 import polars as pl
-import pyarrow as pa
 from pydantic import AfterValidator
 
 TIME_UNIT: Literal["ms"] = "ms"
@@ -49,12 +51,6 @@ def type_name_of(dtype: pl.DataType) -> str:
         if dtype == candidate:
             return name
     return str(dtype)
-
-
-def arrow_schema(schema: pl.Schema | dict[str, pl.DataType]) -> pa.Schema:
-    """The Arrow schema Delta tables are written with for a Polars schema."""
-    empty = pl.DataFrame(schema=schema)
-    return empty.to_arrow().schema
 
 
 def _check_type(value: str) -> str:
