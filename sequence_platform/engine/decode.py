@@ -91,9 +91,12 @@ def validate_events(
     """
     if RECORD not in frame.columns:
         present = [name for name in frame.columns if name not in (ORIGIN, REASON)]
-        record = (
-            pl.struct(present).struct.json_encode() if present else pl.lit("{}", dtype=pl.String)
-        )
+        # Binary values have no JSON form: they are kept as hex.
+        readable = [
+            pl.col(n).bin.encode("hex") if frame.schema[n] == pl.Binary else pl.col(n)
+            for n in present
+        ]
+        record = pl.struct(readable).struct.json_encode() if present else pl.lit("{}")
         frame = frame.with_columns(record.alias(RECORD))
     if REASON not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
@@ -109,7 +112,11 @@ def validate_events(
         raw, value = pl.col(name), parsed[name]
         if name in required:
             checks.append(pl.when(raw.is_null()).then(pl.lit(f"missing required field '{name}'")))
-        shown = raw.cast(pl.String).str.slice(0, 40)
+        shown = (
+            raw.cast(pl.String).str.slice(0, 40)
+            if _castable(frame.schema[name], pl.String()) or frame.schema[name].is_numeric()
+            else pl.lit(str(frame.schema[name]))
+        )
         checks.append(
             pl.when(raw.is_not_null() & value.is_null()).then(
                 pl.format(
@@ -155,6 +162,8 @@ def validate_events(
 
 def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     """``column`` as ``target``: text is parsed, typed values are cast; unreadable → null."""
+    if not _castable(source, target):
+        return pl.lit(None, dtype=target)
     if source == pl.String and target != pl.String:
         text = column.str.strip_chars()
         if isinstance(target, pl.Datetime):
@@ -180,6 +189,24 @@ def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr
         aware = column if source.time_zone else column.dt.replace_time_zone("UTC")
         return aware.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
     return column.cast(target, strict=False)
+
+
+def _castable(source: pl.DataType, target: pl.DataType) -> bool:
+    """Whether typed values of ``source`` may be read as ``target`` at all (as JSON would)."""
+    if source == pl.Null or source == target:
+        return True
+    if source == pl.String:
+        return True
+    if isinstance(target, pl.List):
+        return isinstance(source, pl.List)
+    if target == pl.String:
+        # Dictionary-encoded text is text; a number or a date is refused, as JSON refuses it.
+        return isinstance(source, pl.Categorical | pl.Enum)
+    if isinstance(target, pl.Datetime):
+        return isinstance(source, pl.Datetime) or source.is_integer()
+    if target == pl.Boolean:
+        return source == pl.Boolean
+    return source.is_numeric() or (source == pl.Date and target == pl.Date)
 
 
 def _parse_record(

@@ -89,8 +89,11 @@ def assemble_snapshot(
     list column per stored field, newest first. Users are in ascending order."""
     limit = max_length or spec.max_length
     columns, descending = NEWEST_FIRST
-    ordered = rows.filter(in_window(spec, at)).sort(
-        ["user_id", *columns], descending=[False, *descending]
+    # An event appears once even if its copies disagree (rule 1): the first row given wins.
+    ordered = (
+        rows.filter(in_window(spec, at))
+        .unique(subset="event_id", keep="first", maintain_order=True)
+        .sort(["user_id", *columns], descending=[False, *descending])
     )
     return ordered.group_by("user_id", maintain_order=True).agg(
         pl.len().clip(upper_bound=limit).cast(pl.Int32).alias(LENGTH),

@@ -8,7 +8,7 @@ exactly those partitions, so running it again gives the same table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -209,7 +209,9 @@ def prune_realtime(ctx: BatchContext, signal: str) -> int:
     days = [day for day in covered if day is not None]
     if len(days) < len(covered):
         return 0
-    upto = min(days)
+    # Serving uses the newest snapshot whose cutoff has passed; a snapshot of today (cutoff
+    # tomorrow) is not used yet, so its events must stay in the tail.
+    upto = min(*days, datetime.now(UTC).date() - timedelta(days=1))
     tail_days = scan_days(realtime, pl.Schema(), storage_options=ctx.layout.storage_options)
     earliest = tail_days.select(pl.col(DT).min()).collect().item()
     if not isinstance(earliest, date) or earliest > upto:

@@ -25,7 +25,7 @@ from sequence_platform.spec.models import (
     SignalSpec,
     SourceSpec,
 )
-from sequence_platform.spec.types import TIMESTAMP, polars_dtype
+from sequence_platform.spec.types import TIMESTAMP, polars_dtype, type_name_of
 
 
 @dataclass(frozen=True)
@@ -231,8 +231,20 @@ class Catalog:
         if len(set(spec.fields)) != len(spec.fields):
             problems.append(self._problem(spec, "fields", "a field is listed twice"))
         stored = pl.Schema({f: schema[f] for f in spec.stored_fields if f in schema})
+        outputs: set[str] = set()
         for index, enrichment in enumerate(spec.request_enrich):
             problems += self._check_enrichment(spec, f"request_enrich[{index}]", enrichment, stored)
+            for field in enrichment.fields:
+                output = enrichment.output_name(field)
+                if output in outputs:
+                    problems.append(
+                        self._problem(
+                            spec,
+                            f"request_enrich[{index}]",
+                            f"'{output}' is produced twice; give one enrichment another 'as'",
+                        )
+                    )
+                outputs.add(output)
         return problems
 
     def _check_enrichment(
@@ -253,6 +265,15 @@ class Catalog:
                     f"{where}.table",
                     f"joining '{table.name}' needs its key '{table.key}' among the columns "
                     f"({', '.join(columns)})",
+                )
+            )
+        elif columns[table.key] != pl.Int64:
+            problems.append(
+                self._problem(
+                    spec,
+                    f"{where}.table",
+                    f"feature keys are int64, but '{table.key}' is "
+                    f"{type_name_of(columns[table.key])} here; key the table on an int64 column",
                 )
             )
         for index, field in enumerate(enrichment.fields):
