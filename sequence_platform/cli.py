@@ -1,4 +1,5 @@
-"""The ``sequence-platform`` command: demo, generate, materialize, serve, validate."""
+"""The ``sequence-platform`` command: demo, generate, materialize, produce, index, serve,
+validate."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,25 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from sequence_platform.ingest.stream import StreamUnavailable
+
     try:
         result: int = args.command(args)
         return result
     except DefinitionError as error:
         print(error, file=sys.stderr)
         print("Fix the definitions above, then run 'sequence-platform validate'.", file=sys.stderr)
+        return 2
+    except StreamUnavailable as error:
+        print(f"The stream is unavailable: {error}", file=sys.stderr)
+        print(
+            "Check SEQUENCE_PLATFORM_KAFKA_BOOTSTRAP (unset it to use the local stream), "
+            "or start a broker with 'make kafka'.",
+            file=sys.stderr,
+        )
+        return 3
+    except OSError as error:
+        print(f"{error.strerror or error}: {error.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -68,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "produce", help="send live synthetic events (or a JSON Lines file) to the stream"
     )
     produce.add_argument("--source", default="engagement", help="source definition to feed")
-    produce.add_argument("--rate", type=float, default=200.0, help="events per second")
+    produce.add_argument("--rate", type=_positive, default=200.0, help="events per second")
     produce.add_argument("--count", type=int, default=2_000, help="synthetic events to send")
     produce.add_argument("--file", type=Path, help="send this JSON Lines file verbatim instead")
     produce.add_argument("--seed", type=int, default=11)
@@ -94,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("folder", nargs="?", type=Path, help="default: the definitions package")
     validate.set_defaults(command=_validate)
     return parser
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    return value
 
 
 def _generation_options(parser: argparse.ArgumentParser, *, days: int) -> None:
@@ -137,17 +159,35 @@ def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from sequence_platform.orchestration import build_definitions
-    from sequence_platform.orchestration.runner import AssetRun, materialize_days
+    from sequence_platform.orchestration.runner import (
+        AssetRun,
+        computed_asset_keys,
+        materialize_days,
+    )
 
     settings = PlatformSettings()
     _prepare_dagster_home()
+    # Dagster warns about its own beta parameters when it builds the job; not the user's concern.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     start = args.start or settings.first_day
-    end = args.end or datetime.now(UTC).date() - timedelta(days=1)
-    if end < start:
-        print(f"Nothing to do: the last day {end} is before the first {start}.", file=sys.stderr)
+    end = args.end or yesterday
+    if start < settings.first_day or end > yesterday or end < start:
+        print(
+            f"Days must lie within the partitions, {settings.first_day} (the start date) to "
+            f"{yesterday} (the last complete day); asked for {start} to {end}. Set "
+            "SEQUENCE_PLATFORM_START_DATE or run 'sequence-platform generate' for other days.",
+            file=sys.stderr,
+        )
         return 2
     defs = build_definitions(settings=settings)
     keys = [dg.AssetKey.from_user_string(key) for key in args.select] or None
+    known = computed_asset_keys(defs)
+    unknown = [key.to_user_string() for key in keys or [] if key not in known]
+    if unknown:
+        names = ", ".join(key.to_user_string() for key in known)
+        print(f"Unknown asset {', '.join(unknown)}; the assets are: {names}", file=sys.stderr)
+        return 2
     print(
         f"Materializing {start} to {end} through Dagster "
         f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
@@ -309,6 +349,7 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         server.should_exit = True
         indexer.stop()
+        indexer.stream.close()
     return 0
 
 

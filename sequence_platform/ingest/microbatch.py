@@ -98,11 +98,10 @@ class RealtimeWriter:
         if first >= end:
             return MicroBatchOutcome(source, partition, start, end, 0, 0, 0)
         messages = self.stream.read(spec.topic_name, partition, first, end)
-        if len(messages) != end - first:
-            reached = messages[-1].offset + 1 if messages else first
+        if any(not first <= message.offset < end for message in messages):
             raise StreamUnavailable(
                 f"{spec.topic_name}/{partition}: asked for offsets {first}..{end - 1}, "
-                f"the stream returned up to {reached - 1}"
+                "the stream returned others"
             )
         archive, dead = self._decode(source, messages)
         tables: dict[str, pl.DataFrame] = {

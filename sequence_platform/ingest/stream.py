@@ -184,12 +184,14 @@ class KafkaStream:
             consumer.assign([assigned])
             consumer.seek(assigned, start)
             idle_polls = 0
-            while start < end and (not messages or messages[-1].offset < end - 1):
+            # Done when the position passes end - 1: offsets may have gaps (transaction
+            # markers, compaction), so the last message need not carry offset end - 1.
+            while start < end and consumer.position(assigned) < end:
                 batch = consumer.poll(timeout_ms=500, max_records=5_000).get(assigned, [])
                 if not batch:
                     idle_polls += 1
                     if idle_polls * 500 >= self.timeout_ms:
-                        reached = messages[-1].offset + 1 if messages else start
+                        reached = consumer.position(assigned)
                         raise StreamUnavailable(
                             f"Kafka {topic}/{partition}: read stalled at offset {reached} "
                             f"before {end} after {self.timeout_ms} ms"

@@ -74,13 +74,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    dead = (
-        pl.concat(rejected, how="vertical_relaxed")
-        .with_columns(
-            pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
-        )
-        .select(DEAD_LETTER_COLUMNS)
-    )
+    dead = _landing_dead_letters(rejected)
     stats = overwrite_days(
         ctx.layout.events(source), events, start, end, ctx.layout.storage_options
     )
@@ -105,25 +99,37 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     )
 
 
+def _landing_dead_letters(rejected: list[pl.DataFrame]) -> pl.DataFrame:
+    return (
+        pl.concat(rejected, how="vertical_relaxed")
+        .with_columns(
+            pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
+        )
+        .select(DEAD_LETTER_COLUMNS)
+    )
+
+
 def build_features(ctx: BatchContext, table: str, start: date, end: date) -> StepOutcome:
     """Validated feature versions of ``table`` whose as-of time falls on the days."""
     spec = ctx.catalog.feature_tables[table]
     schema = ctx.catalog.feature_schema(table)
     valid: list[pl.DataFrame] = []
-    rejected = 0
+    rejected: list[pl.DataFrame] = []
     for day in day_range(start, end):
         decoded = read_landing_day(
             ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
         )
         valid.append(decoded.valid.drop(ORIGIN))
-        rejected += decoded.rejected.height
+        rejected.append(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
     rows = (
         pl.concat(valid, how="vertical_relaxed")
         .with_columns(pl.col(spec.as_of).dt.date().alias(DT))
         .sort(DT, spec.key, spec.as_of)
     )
     stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
-    return StepOutcome(rows, stats, {"rejected": rejected})
+    dead = _landing_dead_letters(rejected)
+    overwrite_days(ctx.layout.dead_letters(table), dead, start, end, ctx.layout.storage_options)
+    return StepOutcome(rows, stats, {"dead_letters": dead.height})
 
 
 def build_signal_days(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:

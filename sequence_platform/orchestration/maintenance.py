@@ -31,7 +31,8 @@ def maintenance_job(catalog: Catalog) -> dg.JobDefinition:
         for source in catalog.sources:
             tables += [(layout.events(source), None), (layout.stream_archive(source), None)]
             tables.append((layout.dead_letters(source), None))
-        tables += [(layout.features(table), None) for table in catalog.feature_tables]
+        for table in catalog.feature_tables:
+            tables += [(layout.features(table), None), (layout.dead_letters(table), None)]
         for signal in catalog.signals:
             tables.append((layout.signals(signal), None))
             tables.append((layout.realtime(signal), horizons.get(signal, 0) + 1))

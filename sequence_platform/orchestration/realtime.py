@@ -64,7 +64,6 @@ def realtime_assets(catalog: Catalog) -> list[dg.AssetSpec]:
                 f"'{signal.source}' stream within seconds, exactly once; the read service "
                 "merges them with the latest snapshot."
             ),
-            deps=[dg.AssetKey(["events", signal.source])],
             kinds={"kafka", "delta"},
         )
         for signal in catalog.signals.values()

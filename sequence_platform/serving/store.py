@@ -251,8 +251,12 @@ class SnapshotTable(WatchedTable):
             latest = replace(previous.latest, table_version=version)
         else:
             latest = Snapshot(self._read_day(table, days[-1]), days[-1], version)
+        # A table object of its own at this version: the refresher moves the watched one on.
+        pinned = DeltaTable(
+            table.table_uri, version=version, storage_options=self._storage_options or None
+        )
         self._state = _SnapshotTableState(
-            table, days, latest, files[days[-1]] if days else frozenset()
+            pinned, days, latest, files[days[-1]] if days else frozenset()
         )
         return latest.frame.height
 
