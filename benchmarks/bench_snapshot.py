@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from sequence_platform.ingest.generate import GenerationConfig, generate_landing
-from sequence_platform.orchestration.batch import (
+from sequence_platform.runtime.batch import (
     BatchContext,
     build_events,
     build_features,

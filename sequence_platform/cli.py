@@ -223,8 +223,8 @@ def _prepare_dagster_home() -> None:
 
 def _produce(args: argparse.Namespace) -> int:
     from sequence_platform.ingest.generate import GenerationConfig, live_events
-    from sequence_platform.ingest.live import jsonl_messages, live_messages, produce_messages
     from sequence_platform.ingest.stream import open_stream
+    from sequence_platform.runtime.live import jsonl_messages, live_messages, produce_messages
 
     settings = PlatformSettings()
     catalog = load_catalog(settings.definitions)
@@ -261,9 +261,9 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from sequence_platform.ingest.live import ContinuousIndexer, IndexerSettings
-    from sequence_platform.ingest.microbatch import MicroBatchOutcome
     from sequence_platform.ingest.stream import open_stream
+    from sequence_platform.runtime.live import ContinuousIndexer, IndexerSettings
+    from sequence_platform.runtime.microbatch import MicroBatchOutcome
     from sequence_platform.storage.layout import TableLayout
 
     settings = PlatformSettings()
@@ -359,8 +359,8 @@ def _start_live_services(host: str, port: int) -> tuple[Any, Any]:
 
     import uvicorn
 
-    from sequence_platform.ingest.live import ContinuousIndexer
     from sequence_platform.ingest.stream import open_stream
+    from sequence_platform.runtime.live import ContinuousIndexer
     from sequence_platform.serving.app import create_app
     from sequence_platform.storage.layout import TableLayout
 
@@ -386,7 +386,7 @@ def _show_live_events(base: str, indexer: Any) -> None:
     """Produce a few live events for user 1 and show each one arriving in the API."""
     import httpx
 
-    from sequence_platform.ingest.live import live_messages
+    from sequence_platform.runtime.live import live_messages
 
     user = 1
     path = f"{base}/v1/sequences/recent_engagement/{user}"

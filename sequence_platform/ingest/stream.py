@@ -2,7 +2,7 @@
 
 Readers are explicit about what they read: a topic partition and an offset range
 ``[start, end)``. Nothing is committed to the stream itself; the offsets a consumer has
-processed live in the Delta tables it writes (see ``ingest.microbatch``).
+processed live in the Delta tables it writes (see ``runtime.microbatch``).
 """
 
 from __future__ import annotations

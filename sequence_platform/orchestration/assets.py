@@ -13,7 +13,8 @@ import dagster as dg
 import polars as pl
 
 from sequence_platform.orchestration import checks
-from sequence_platform.orchestration.batch import (
+from sequence_platform.orchestration.resources import PlatformResource
+from sequence_platform.runtime.batch import (
     BatchContext,
     StepOutcome,
     build_events,
@@ -21,7 +22,6 @@ from sequence_platform.orchestration.batch import (
     build_sequence_days,
     build_signal_days,
 )
-from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.spec.types import type_name_of

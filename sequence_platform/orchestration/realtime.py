@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import dagster as dg
 from deltalake.exceptions import CommitFailedError
 
-from sequence_platform.ingest.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.ingest.stream import StreamUnavailable
 from sequence_platform.orchestration.resources import PlatformResource
+from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SourceSpec
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from sequence_platform.ingest.stream import EventStream, open_stream
-from sequence_platform.orchestration.batch import BatchContext
+from sequence_platform.runtime.batch import BatchContext
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.layout import TableLayout

@@ -22,7 +22,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff
-from sequence_platform.ingest.microbatch import STREAM_OFFSET, STREAM_PARTITION
+from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.serving.errors import NotLoaded
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec

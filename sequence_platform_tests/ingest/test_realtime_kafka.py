@@ -19,9 +19,9 @@ import polars as pl
 import pytest
 from deltalake.exceptions import CommitFailedError
 
-from sequence_platform.ingest.microbatch import RealtimeWriter
 from sequence_platform.ingest.stream import KafkaStream
 from sequence_platform.orchestration import build_definitions
+from sequence_platform.runtime.microbatch import RealtimeWriter
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
 from sequence_platform.spec.catalog import Catalog, LoadedDefinition
@@ -155,7 +155,7 @@ class DiesAfterFirstTable(RealtimeWriter):
             calls["n"] += 1
             return original(*args, **kwargs)
 
-        import sequence_platform.ingest.microbatch as microbatch
+        import sequence_platform.runtime.microbatch as microbatch
 
         microbatch.append_once = append_then_die  # type: ignore[assignment]
         try:

@@ -17,8 +17,8 @@ from pathlib import Path
 import polars as pl
 from deltalake.exceptions import CommitFailedError
 
-from sequence_platform.ingest.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.ingest.stream import EventStream, StreamUnavailable
+from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.delta import DT, scan_days, table_version
 from sequence_platform.storage.layout import TableLayout

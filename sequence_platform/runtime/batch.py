@@ -17,7 +17,7 @@ from sequence_platform.engine.decode import ORIGIN
 from sequence_platform.engine.sequence import advance_snapshot, snapshot_cutoff
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.landing import read_landing_day
-from sequence_platform.ingest.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
+from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
