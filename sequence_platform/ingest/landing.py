@@ -32,17 +32,6 @@ def landing_files(home: Path, name: str, day: date) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.suffix in LANDING_SUFFIXES)
 
 
-def landing_days(home: Path, name: str) -> list[date]:
-    root = home / "landing" / name
-    if not root.is_dir():
-        return []
-    return sorted(
-        date.fromisoformat(path.name.removeprefix("dt="))
-        for path in root.iterdir()
-        if path.is_dir() and path.name.startswith("dt=")
-    )
-
-
 def read_landing_day(
     home: Path,
     name: str,

@@ -269,12 +269,6 @@ def open_stream(kafka_bootstrap: str | None, home: Path) -> EventStream:
     return LocalStream(Path(home) / "stream")
 
 
-def iter_offsets(start: int, end: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` cut into consecutive ranges of at most ``batch_size`` offsets."""
-    for first in range(start, end, batch_size):
-        yield first, min(first + batch_size, end)
-
-
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:

@@ -6,7 +6,6 @@ restarted daemon or a duplicated request cannot lose or double a message; the mi
 itself skips what its tables already hold.
 """
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -201,11 +200,10 @@ def stream_sensor(
                 )
             )
             notes.append(f"{where} requested {start}..{stop - 1} ({end - start:,} behind)")
-        cursor = json.dumps({str(p): ends[p] for p in sorted(ends)})
         if not requests:
             return dg.SkipReason("; ".join(notes))
         context.log.info("; ".join(notes))
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
+        return dg.SensorResult(run_requests=requests)
 
     # Dagster's sensor factory passes a parameter it marks beta; keep the logs clean.
     with warnings.catch_warnings():

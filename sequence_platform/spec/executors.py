@@ -38,10 +38,6 @@ def executor(name: str) -> Callable[[ExecutorFunction], ExecutorFunction]:
     return register
 
 
-def registered_executors() -> dict[str, ExecutorFunction]:
-    return dict(_REGISTRY)
-
-
 def lookup_executor(name: str) -> ExecutorFunction:
     try:
         return _REGISTRY[name]
