@@ -22,6 +22,7 @@ from sequence_platform.serving.store import SnapshotStore
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.loader import load_catalog
+from sequence_platform.storage.delta import table_version
 from sequence_platform.storage.layout import TableLayout
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,22 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    settings = settings or PlatformSettings()
+    catalog = load_catalog(settings.definitions)
+    layout = TableLayout(settings.tables_root, settings.storage_options)
+    missing = [
+        name
+        for name, spec in catalog.sequences.items()
+        if table_version(layout.sequence(spec), layout.storage_options) is None
+    ]
+    if missing:
+        log.warning(
+            "no snapshot table yet for %s under %s: every user reads as empty until the batch "
+            "runs ('make demo', or 'sequence-platform materialize')",
+            ", ".join(missing),
+            settings.tables_root,
+        )
+    uvicorn.run(create_app(settings, catalog=catalog), host=host, port=port, log_level="info")
 
 
 async def _serving_error(request: Request, error: Exception) -> JSONResponse:
