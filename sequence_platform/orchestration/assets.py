@@ -12,6 +12,7 @@ from datetime import date, timedelta
 import dagster as dg
 import polars as pl
 
+from sequence_platform.engine.sequence import empty_snapshot
 from sequence_platform.orchestration import checks
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.runtime.batch import (
@@ -248,11 +249,7 @@ def _sequence_asset(
     platform: PlatformResource,
 ) -> dg.AssetsDefinition:
     key = sequence_key(spec.name)
-    elements = catalog.sequence_element_schema(spec.name)
-    schema = pl.Schema(
-        {"user_id": pl.Int64(), "length": pl.Int32()}
-        | {name: pl.List(dtype) for name, dtype in elements.items()}
-    )
+    schema = empty_snapshot(spec, catalog).collect_schema()
 
     standard = standard_checks(schema, ["user_id"], ["user_id", "length"])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from sequence_platform.engine.decode import ORIGIN
-from sequence_platform.engine.sequence import advance_snapshot, snapshot_cutoff
+from sequence_platform.engine.sequence import advance_snapshot, empty_snapshot, snapshot_cutoff
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.landing import read_landing_day
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
@@ -244,19 +244,8 @@ def _latest_snapshot_day(ctx: BatchContext, spec: SequenceSpec) -> date | None:
 
 
 def _read_snapshot(ctx: BatchContext, spec: SequenceSpec, day: date) -> pl.DataFrame | None:
-    uri = ctx.layout.sequence(spec)
-    if open_table(uri, ctx.layout.storage_options) is None:
-        return None
-    snapshot = (
-        pl.scan_delta(uri, storage_options=ctx.layout.storage_options or None)
-        .filter(pl.col(DT) == day)
-        .collect()
-    )
-    if snapshot.is_empty():
-        return None
-    elements = ctx.catalog.sequence_element_schema(spec.name)
-    return snapshot.select(
-        pl.col("user_id").cast(pl.Int64),
-        pl.col("length").cast(pl.Int32),
-        *(pl.col(name).cast(pl.List(dtype)) for name, dtype in elements.items()),
-    )
+    schema = empty_snapshot(spec, ctx.catalog).collect_schema()
+    snapshot = scan_days(
+        ctx.layout.sequence(spec), schema, day, day, ctx.layout.storage_options
+    ).collect()
+    return None if snapshot.is_empty() else snapshot.drop(DT)
