@@ -13,7 +13,9 @@ import dagster as dg
 import polars as pl
 
 from sequence_platform.engine.sequence import empty_snapshot
+from sequence_platform.ingest.landing import UnreadableLandingFile
 from sequence_platform.orchestration import checks
+from sequence_platform.orchestration.orphans import claim_run
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.runtime.batch import (
     BatchContext,
@@ -100,9 +102,18 @@ def _daily_asset(
     def _materialize(
         context: dg.AssetExecutionContext, platform: PlatformResource
     ) -> dg.MaterializeResult:
+        claim_run(context)
         start, end = partition_days(context)
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
-        outcome = builder(platform.batch_context(catalog), name, start, end)
+        try:
+            outcome = builder(platform.batch_context(catalog), name, start, end)
+        except UnreadableLandingFile as error:
+            # Retrying cannot mend a broken export: fail with what to do; the cause is in the text.
+            raise dg.Failure(
+                description=str(error),
+                metadata={"file": str(error.path), "day": error.day.isoformat()},
+                allow_retries=False,
+            ) from None
         return _result(outcome, start, end, checker(outcome.written))
 
     # backfill_policy is marked beta; we rely on it knowingly and keep the logs clean.

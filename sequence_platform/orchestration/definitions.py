@@ -8,6 +8,7 @@ import dagster as dg
 
 from sequence_platform.orchestration.assets import build_assets
 from sequence_platform.orchestration.maintenance import maintenance_job
+from sequence_platform.orchestration.orphans import orphaned_runs_sensor
 from sequence_platform.orchestration.realtime import (
     RealtimeSettings,
     realtime_assets,
@@ -53,7 +54,7 @@ def build_definitions(
     return dg.Definitions(
         assets=assets,
         jobs=[batch_job, *realtime_jobs, maintenance],
-        sensors=sensors,
+        sensors=[*sensors, orphaned_runs_sensor()],
         schedules=[
             dg.ScheduleDefinition(
                 job=maintenance,

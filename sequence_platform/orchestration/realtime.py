@@ -14,6 +14,7 @@ import dagster as dg
 from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.ingest.stream import StreamUnavailable
+from sequence_platform.orchestration.orphans import claim_run
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.spec.catalog import Catalog
@@ -114,6 +115,7 @@ def microbatch_job(
     def process_range(
         context: dg.OpExecutionContext, config: MicroBatchConfig, platform: PlatformResource
     ) -> None:
+        claim_run(context)
         with platform.open_stream() as stream:
             writer = RealtimeWriter(catalog, platform.layout, stream)
             outcome = writer.process(source.name, config.partition, config.start, config.end)

@@ -11,6 +11,8 @@ from datetime import date
 
 import dagster as dg
 
+from sequence_platform.orchestration.orphans import PROCESS_TAG, this_process
+
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -26,6 +28,8 @@ class AssetRun:
     """Checks of ERROR severity that did not pass."""
     warnings: list[str]
     """Checks of WARN severity that did not pass (a quiet day, say)."""
+    error: str | None = None
+    """Why the run failed, in the words of the failure (a broken landing file names itself)."""
 
 
 def computed_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
@@ -53,7 +57,11 @@ def materialize_days(
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             instance=instance,
             asset_selection=[key],
-            tags={RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: end.isoformat()},
+            tags={
+                RANGE_START_TAG: start.isoformat(),
+                RANGE_END_TAG: end.isoformat(),
+                PROCESS_TAG: this_process(),
+            },
             raise_on_error=raise_on_error,
         )
         run = _summarize(key, result)
@@ -77,7 +85,28 @@ def _summarize(key: dg.AssetKey, result: dg.ExecuteInProcessResult) -> AssetRun:
         if not evaluation.passed:
             severe = evaluation.severity == dg.AssetCheckSeverity.ERROR
             (failed if severe else warnings).append(evaluation.check_name)
-    return AssetRun(key, result.run_id, result.success, int(rows), float(seconds), failed, warnings)
+    return AssetRun(
+        key,
+        result.run_id,
+        result.success,
+        int(rows),
+        float(seconds),
+        failed,
+        warnings,
+        _failure_message(result),
+    )
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str | None:
+    for event in result.get_step_failure_events():
+        failure = event.step_failure_data
+        if failure.user_failure_data is not None and failure.user_failure_data.description:
+            return failure.user_failure_data.description
+        # An exception in an asset body is wrapped by Dagster; its cause is the asset's own.
+        error = failure.error.cause if failure.error and failure.error.cause else failure.error
+        if error is not None:
+            return f"{error.cls_name}: {error.message.strip()}"
+    return None
 
 
 def _number(value: dg.MetadataValue | None) -> int | float:

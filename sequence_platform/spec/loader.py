@@ -83,8 +83,18 @@ def _display(path: Path) -> str:
 
 def _load_json(path: Path) -> tuple[list[LoadedDefinition], list[DefinitionProblem]]:
     origin = _display(path)
+    raw = path.read_bytes()
     try:
-        document = json.loads(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        problem = (
+            f"not valid UTF-8 at line {line} (byte {error.start}: {raw[error.start : error.end]!r}); "
+            "save the file as UTF-8"
+        )
+        return [], [DefinitionProblem(origin, "file", "", problem)]
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         problem = f"not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         return [], [DefinitionProblem(origin, "file", "", problem)]

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
+import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 DT = "dt"
+COMMIT_ATTEMPTS = 8
+"""How often a writer that lost a commit race checks again and retries."""
 
 
 @dataclass(frozen=True)
@@ -59,19 +62,22 @@ def overwrite_days(
     one writer owns (a SQL predicate), when several writers share a table.
     """
     began = time.perf_counter()
-    existing = open_table(uri, storage_options)
+    rows = frame.to_arrow()
     predicate = days_predicate(start, end)
     if only_where:
         predicate = f"{predicate} AND {only_where}"
+    # Always a predicate overwrite, even on a table's first write: a whole-table overwrite
+    # would wipe the days another writer committed since this one looked.
+    table = ensure_table(uri, rows.schema, storage_options)
     write_deltalake(
-        uri,
-        frame.to_arrow(),
+        table,
+        rows,
         mode="overwrite",
-        predicate=predicate if existing is not None else None,
+        predicate=predicate,
         partition_by=[DT],
         storage_options=storage_options or None,
     )
-    table = DeltaTable(uri, storage_options=storage_options or None)
+    table.update_incremental()
     files, size = partition_files(table, start, end)
     return WriteStats(
         rows=frame.height,
@@ -80,6 +86,36 @@ def overwrite_days(
         version=table.version(),
         seconds=time.perf_counter() - began,
     )
+
+
+def ensure_table(
+    uri: str, schema: pa.Schema, storage_options: dict[str, str] | None = None
+) -> DeltaTable:
+    """The table at ``uri``, created empty (partitioned by ``dt``) when there is none yet.
+
+    Creation is a commit of version 0, which only one writer can make: when another writer
+    creates the table first, this one opens theirs. Nothing either of them wrote is lost.
+    """
+    table = open_table(uri, storage_options)
+    if table is not None:
+        return table
+    try:
+        write_deltalake(
+            uri,
+            schema.empty_table(),
+            mode="error",
+            partition_by=[DT],
+            storage_options=storage_options or None,
+            # Version 0 or nothing: never a second "creation" committed on top of another's.
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
+    except (CommitFailedError, DeltaError):
+        # Either another writer created it in the meantime, or creating it failed for real.
+        table = open_table(uri, storage_options)
+        if table is None:
+            raise
+        return table
+    return DeltaTable(uri, storage_options=storage_options or None)
 
 
 def append_once(
@@ -96,42 +132,32 @@ def append_once(
     """
     # No silent retry at the next version: a lost race must be re-checked, not re-applied.
     commit = CommitProperties(app_transactions=[Transaction(app_id, version)], max_commit_retries=0)
-    table = open_table(uri, storage_options)
-    if table is None:
+    rows = frame.to_arrow()
+    table = ensure_table(uri, rows.schema, storage_options)
+    for attempt in range(COMMIT_ATTEMPTS):
+        if (table.transaction_version(app_id) or 0) >= version:
+            return False
         try:
-            # Creating the table: of two writers racing to create it, exactly one succeeds.
+            # Written against the very version checked above: if another writer commits for
+            # ``app_id`` in between, Delta refuses this commit instead of appending twice.
             write_deltalake(
-                uri,
-                frame.to_arrow(),
-                mode="error",
+                table,
+                rows,
+                mode="append",
                 partition_by=[DT],
+                schema_mode="merge",
                 storage_options=storage_options or None,
                 commit_properties=commit,
             )
             return True
-        except (CommitFailedError, DeltaError):
-            table = open_table(uri, storage_options)
-            if table is None:
+        except CommitFailedError:
+            # Another writer committed first (a batch run rewriting its days, say): check
+            # again against the new version, then try again.
+            if attempt == COMMIT_ATTEMPTS - 1:
                 raise
-    if (table.transaction_version(app_id) or 0) >= version:
-        return False
-    try:
-        # Written against the very version checked above: if another writer commits for
-        # ``app_id`` in between, Delta refuses this commit instead of appending twice.
-        write_deltalake(
-            table,
-            frame.to_arrow(),
-            mode="append",
-            partition_by=[DT],
-            schema_mode="merge",
-            storage_options=storage_options or None,
-            commit_properties=commit,
-        )
-    except CommitFailedError:
-        if committed_version(uri, app_id, storage_options) >= version:
-            return False
-        raise
-    return True
+            time.sleep(0.05 * (attempt + 1))
+            table.update_incremental()
+    return False
 
 
 def committed_version(uri: str, app_id: str, storage_options: dict[str, str] | None = None) -> int:

@@ -600,3 +600,18 @@ def test_an_executor_failure_is_one_line(tmp_path: Path) -> None:
     assert problem.field == "executors[0]"
     assert 'unable to find column "colour"' in problem.message
     assert "\n" not in problem.message
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path) -> None:
+    folder = definitions_folder(tmp_path, {})
+    (folder / "latin1.json").write_bytes(
+        b'{"kind": "sequence",\n "name": "r\xe9cent", "signal": "engagement_enriched"}'
+    )
+    (folder / "latin1.py").write_bytes(b"name = 'r\xe9cent'\n")
+    problems = {Path(p.origin).name: p for p in refused(folder).problems}
+    assert problems["latin1.json"].definition == "file"
+    assert problems["latin1.json"].message == (
+        "not valid UTF-8 at line 2 (byte 32: b'\\xe9'); save the file as UTF-8"
+    )
+    assert problems["latin1.py"].definition == "module"
+    assert "utf-8" in problems["latin1.py"].message.lower()

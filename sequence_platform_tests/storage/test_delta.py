@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -66,3 +67,40 @@ def test_append_once_and_maintenance_keep_offsets_and_contents(tmp_path: Path) -
     assert content(uri) == [(d2, 2), (d2, 3)]
     assert (committed_version(uri, "topic/0"), committed_version(uri, "topic/1")) == (20, 5)
     assert maintain_table(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("attempt", range(25))
+def test_first_writes_racing_to_create_a_table_lose_nothing(tmp_path: Path, attempt: int) -> None:
+    """Writers that each find no table and create it at once: every row of every one stays.
+
+    Before creation was a commit of its own, a first write went out as a whole-table
+    overwrite and wiped whatever another writer had committed in between.
+    """
+    uri = str(tmp_path / "t")
+    days = [date(2026, 3, day) for day in range(1, 4)]
+    start = threading.Barrier(len(days) + 1)
+    errors: list[BaseException] = []
+
+    def overwrite(day: date) -> None:
+        start.wait()
+        try:
+            overwrite_days(uri, rows((day, day.day), (day, 10 * day.day)), day, day)
+        except BaseException as error:
+            errors.append(error)
+
+    def append() -> None:
+        start.wait()
+        try:
+            assert append_once(uri, rows((date(2026, 3, 9), 99)), "topic/0", 1)
+        except BaseException as error:
+            errors.append(error)
+
+    writers = [threading.Thread(target=overwrite, args=(day,)) for day in days]
+    writers.append(threading.Thread(target=append))
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert errors == []
+    expected = [(day, x) for day in days for x in (day.day, 10 * day.day)]
+    assert content(uri) == [*expected, (date(2026, 3, 9), 99)]
