@@ -4,6 +4,7 @@ validate."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=_positive, default=200.0, help="events per second")
     produce.add_argument("--count", type=int, default=2_000, help="synthetic events to send")
     produce.add_argument("--file", type=Path, help="send this JSON Lines file verbatim instead")
+    produce.add_argument(
+        "--skip", type=int, default=0, help="leave out the first N messages (to send the rest)"
+    )
     produce.add_argument("--seed", type=int, default=11)
     produce.add_argument("--users", type=int, default=2_000)
     produce.add_argument("--items", type=int, default=5_000)
@@ -159,7 +163,10 @@ def _materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from sequence_platform.orchestration import build_definitions
+    from sequence_platform.orchestration.orphans import fail_orphaned_runs
     from sequence_platform.orchestration.runner import (
+        RANGE_END_TAG,
+        RANGE_START_TAG,
         AssetRun,
         computed_asset_keys,
         materialize_days,
@@ -202,8 +209,15 @@ def _materialize(args: argparse.Namespace) -> int:
             f"  {run.key.to_user_string():<34} {status:<6} {run.rows:>9,} rows"
             f"  {run.seconds:6.2f}s  run {run.run_id[:8]}{checks}"
         )
+        if run.error:
+            print(f"    {run.error}", file=sys.stderr)
 
     with dg.DagsterInstance.get() as instance:
+        for orphan in fail_orphaned_runs(instance):
+            print(
+                f"  marked run {orphan.run_id[:8]} ({orphan.tags.get(RANGE_START_TAG)} to "
+                f"{orphan.tags.get(RANGE_END_TAG)}) failed: its process is gone"
+            )
         runs = materialize_days(
             defs, instance, start, end, keys=keys, progress=report, raise_on_error=False
         )
@@ -211,20 +225,37 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _prepare_dagster_home() -> None:
-    """A project-local Dagster instance, so that ``make ui`` shows the runs made here."""
+    """A project-local Dagster instance, so that ``make ui`` shows the runs made here.
+
+    The instance's storage is created once, under a file lock: two first ``materialize``
+    runs started together would otherwise both create its SQLite tables, and one would fail.
+    """
+    import fcntl
+
+    import dagster as dg
+
     dagster_home = Path(
         os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute()))
     )
     dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    with (dagster_home / ".prepare.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = dagster_home / "dagster.yaml"
+        if not config.exists():
+            config.write_text("telemetry:\n  enabled: false\n")
+        with dg.DagsterInstance.get():
+            pass  # creates (or migrates) the instance's storage while holding the lock
 
 
 def _produce(args: argparse.Namespace) -> int:
     from sequence_platform.ingest.generate import GenerationConfig, live_events
     from sequence_platform.ingest.stream import open_stream
-    from sequence_platform.runtime.live import jsonl_messages, live_messages, produce_messages
+    from sequence_platform.runtime.live import (
+        ProduceStopped,
+        jsonl_messages,
+        live_messages,
+        produce_messages,
+    )
 
     settings = PlatformSettings()
     catalog = load_catalog(settings.definitions)
@@ -242,6 +273,9 @@ def _produce(args: argparse.Namespace) -> int:
         events = live_events(config, datetime.now(UTC), args.count, args.seed)
         messages = live_messages(events)
         what = f"{args.count:,} live events"
+    if args.skip:
+        messages = itertools.islice(messages, args.skip, None)
+        what += f" after the first {args.skip:,}"
     target = settings.kafka_bootstrap or f"local stream {settings.home / 'stream'}"
     print(f"Producing {what} to '{topic}' on {target} at {args.rate:g}/s")
     stream = open_stream(settings.kafka_bootstrap, settings.home)
@@ -254,6 +288,23 @@ def _produce(args: argparse.Namespace) -> int:
 
     try:
         sent = produce_messages(stream, topic, messages, rate=args.rate, on_sent=report)
+    except ProduceStopped as stopped:
+        print(f"Stopped after {stopped.sent:,} messages: {stopped.cause}", file=sys.stderr)
+        resume = f"add --skip {args.skip + stopped.sent} to this command to send the rest"
+        if isinstance(stopped.cause, OSError):
+            print(
+                f"The stream holds those {stopped.sent:,} messages and nothing after them. Free "
+                "space on that disk (or set SEQUENCE_PLATFORM_HOME to a folder on a disk with "
+                f"room), then {resume}.",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"The broker holds at least those {stopped.sent:,} (perhaps a few more). Check "
+            f"SEQUENCE_PLATFORM_KAFKA_BOOTSTRAP and the broker, then {resume}.",
+            file=sys.stderr,
+        )
+        return 3
     finally:
         stream.close()
     print(f"Sent {sent:,} messages.")
@@ -263,7 +314,7 @@ def _produce(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     from sequence_platform.ingest.stream import open_stream
     from sequence_platform.runtime.live import ContinuousIndexer, IndexerSettings
-    from sequence_platform.runtime.microbatch import MicroBatchOutcome
+    from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriteFailed
     from sequence_platform.storage.layout import TableLayout
 
     settings = PlatformSettings()
@@ -296,6 +347,18 @@ def _index(args: argparse.Namespace) -> int:
         else:
             while indexer.poll_once():
                 pass
+    except RealtimeWriteFailed as failed:
+        print(f"Indexing stopped: {failed}.", file=sys.stderr)
+        remedy = (
+            f"Free space on the disk of {failed.uri}" if failed.disk_full else "Fix the cause above"
+        )
+        print(
+            "Nothing was lost: each table commits its stream offsets with its rows, so what "
+            f"was not written is still in the stream. {remedy}, then run "
+            "'sequence-platform index' again: it resumes where each table stopped.",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         stream.close()
     return 0

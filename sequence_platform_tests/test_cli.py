@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -89,3 +92,140 @@ def test_generate_then_materialize_through_dagster(tmp_path: Path) -> None:
     # The runs are on the project-local Dagster instance, for the UI to show.
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
     assert any((tmp_path / "dagster").rglob("*.db"))
+
+
+def _small_landing(home: Path, env: dict[str, str]) -> None:
+    generated = run_cli(
+        "generate",
+        *("--days", "5", "--end", "2026-03-05", "--users", "300", "--items", "200"),
+        *("--events-per-day", "1500"),
+        env={**env, "SEQUENCE_PLATFORM_HOME": str(home)},
+    )
+    assert generated.returncode == 0, generated.stderr
+
+
+def _table(home: Path, name: str) -> pl.DataFrame:
+    frame = pl.read_delta(str(home / "tables" / name))
+    return frame.sort(frame.columns)
+
+
+def test_two_first_runs_for_different_days_lose_nothing(tmp_path: Path) -> None:
+    """Two ``materialize`` processes started together on a fresh home and a fresh Dagster
+    instance, for different days: every table holds every row of both, as if run one after
+    the other. (Each first write used to go out as a whole-table overwrite, wiping the other
+    run's days; the two instance set-ups used to collide on SQLite's ``CREATE TABLE``.)"""
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    _small_landing(together, {})
+    shutil.copytree(together / "landing", alone / "landing")
+    env = {
+        "SEQUENCE_PLATFORM_HOME": str(together),
+        "SEQUENCE_PLATFORM_START_DATE": "2026-03-01",
+        "DAGSTER_HOME": str(tmp_path / "dagster_together"),
+    }
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sequence_platform.cli", "materialize", *days],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for days in (
+            ("--start", "2026-03-01", "--end", "2026-03-02"),
+            ("--start", "2026-03-03", "--end", "2026-03-04"),
+        )
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(outputs)
+
+    sequential = run_cli(
+        "materialize",
+        "--end",
+        "2026-03-04",
+        env={
+            **env,
+            "SEQUENCE_PLATFORM_HOME": str(alone),
+            "DAGSTER_HOME": str(tmp_path / "dagster_alone"),
+        },
+    )
+    assert sequential.returncode == 0, sequential.stdout + sequential.stderr
+    for name in ("events/engagement", "features/items", "dead_letters/engagement"):
+        both, reference = _table(together, name), _table(alone, name)
+        assert both.height == reference.height > 0, name
+        assert both.equals(reference), name
+    # Every signal row is there; the enriched values may differ, since one run enriched its
+    # days from feature days the other run was still writing.
+    raw = ["dt", "event_id", "user_id", "item_id", "event_type", "event_time"]
+    signals = "signals/engagement_enriched"
+    assert _table(together, signals).select(raw).equals(_table(alone, signals).select(raw))
+    for name in ("sequences/recent_saves/v1", "sequences/recent_engagement/v1"):
+        days = _table(together, name)["dt"].unique().sort().cast(pl.String).to_list()
+        assert days == [f"2026-03-0{day}" for day in range(1, 5)], name
+
+
+def test_a_killed_run_is_marked_failed_not_left_started(tmp_path: Path) -> None:
+    """``kill -9`` during a run leaves it ``STARTED`` in Dagster; the next ``materialize``
+    (and the ``orphaned_runs`` sensor) finds its process gone and marks it failed."""
+    import dagster as dg
+
+    from sequence_platform.orchestration.orphans import PROCESS_TAG, orphaned_runs_sensor
+
+    home, dagster_home = tmp_path / "home", tmp_path / "dagster"
+    _small_landing(home, {})
+    env = {
+        "SEQUENCE_PLATFORM_HOME": str(home),
+        "SEQUENCE_PLATFORM_START_DATE": "2026-03-01",
+        "DAGSTER_HOME": str(dagster_home),
+    }
+    prepared = run_cli("materialize", "--end", "2026-03-01", "--select", "features/items", env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "sequence_platform.cli", "materialize", "--end", "2026-03-05"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+        deadline = time.monotonic() + 120
+        while not (stuck := instance.get_runs(filters=started)):
+            assert victim.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        run_id = stuck[0].run_id
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+        assert stuck[0].tags[PROCESS_TAG].split(":")[1] == str(victim.pid)
+
+        # The sensor, evaluated by Dagster's own machinery, marks it failed.
+        sensor = orphaned_runs_sensor()
+        with dg.build_sensor_context(instance=instance) as context:
+            tick = sensor(context)
+        assert f"marked 1 run(s) failed, their process is gone: {run_id[:8]}" in str(tick)
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+        failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert "ended without reporting" in (failure[-1].message or "")
+
+    # A second victim, this time found by the next ``materialize``, which then succeeds.
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "sequence_platform.cli", "materialize", "--end", "2026-03-05"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        while not instance.get_runs(filters=started):
+            assert victim.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    again = run_cli("materialize", "--end", "2026-03-05", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "failed: its process is gone" in again.stdout
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert instance.get_runs(filters=started) == []

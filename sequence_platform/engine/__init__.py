@@ -11,8 +11,9 @@ from sequence_platform.engine.decode import (
     validate_events,
 )
 from sequence_platform.engine.sequence import (
-    advance_snapshot,
     assemble_snapshot,
+    combine_days,
+    day_rows,
     empty_snapshot,
     explode_snapshot,
     merge_rows,
@@ -25,9 +26,10 @@ __all__ = [
     "DEAD_LETTER_SCHEMA",
     "DecodedEvents",
     "add_request_fields",
-    "advance_snapshot",
     "assemble_snapshot",
     "build_signal",
+    "combine_days",
+    "day_rows",
     "decode_json_records",
     "deduplicate_events",
     "empty_snapshot",

@@ -48,8 +48,10 @@ def decode_json_records(
 ) -> DecodedEvents:
     """Decode JSON objects (one per record) into events of ``schema``.
 
-    Only the JSON parsing and the JSON type of each value are looked at per record; parsing of
-    numbers, timestamps and ranges is vectorised in :func:`validate_events`.
+    Only the UTF-8 decoding, the JSON parsing and the JSON type of each value are looked at per
+    record; parsing of numbers, timestamps and ranges is vectorised in :func:`validate_events`.
+    A record that is not valid UTF-8 is refused, never repaired: a replacement character could
+    merge two distinct ``event_id`` values into one.
     """
     text: list[str | None] = []
     reasons: list[str | None] = []
@@ -89,17 +91,17 @@ def validate_events(
     must be present; ``time_field`` must be a plausible time. Feature rows use the same rules
     with their key and as-of column.
     """
+    if REASON not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
     if RECORD not in frame.columns:
         present = [name for name in frame.columns if name not in (ORIGIN, REASON)]
         # Binary values have no JSON form: they are kept as hex.
-        readable = [
-            pl.col(n).bin.encode("hex") if frame.schema[n] == pl.Binary else pl.col(n)
+        readable = {
+            n: pl.col(n).bin.encode("hex") if frame.schema[n] == pl.Binary else pl.col(n)
             for n in present
-        ]
-        record = pl.struct(readable).struct.json_encode() if present else pl.lit("{}")
-        frame = frame.with_columns(record.alias(RECORD))
-    if REASON not in frame.columns:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
+        }
+        record = pl.struct(*readable.values()).struct.json_encode() if present else pl.lit("{}")
+        frame = _refuse_oversized(frame.with_columns(record.alias(RECORD)), readable)
     for name in schema:
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
@@ -160,6 +162,40 @@ def validate_events(
     return DecodedEvents(valid, rejected)
 
 
+def _refuse_oversized(frame: pl.DataFrame, fields: dict[str, pl.Expr]) -> pl.DataFrame:
+    """Typed rows held to the JSON records' limit, measured on the row as JSON (its ``record``).
+
+    A refused row gets a reason naming its largest field, and keeps no text. Such rows are rare,
+    so their reasons are worded one by one.
+    """
+    size = pl.col(RECORD).str.len_bytes()
+    oversized = frame.with_row_index("__row").filter(size > MAX_RECORD_BYTES)
+    if oversized.is_empty():
+        return frame
+    # A field's size is that of its JSON value: ``{"name":value}`` less the braces and name.
+    field_sizes = oversized.select(
+        pl.struct(value).struct.json_encode().str.len_bytes().sub(len(json.dumps(name)) + 3)
+        for name, value in fields.items()
+    )
+    reasons: list[str] = []
+    records: list[str] = []
+    for total, sizes in zip(
+        oversized[RECORD].str.len_bytes(), field_sizes.iter_rows(named=True), strict=True
+    ):
+        largest = max(sizes, key=lambda name: sizes[name] or 0)
+        reasons.append(
+            f"record of {total:,} bytes exceeds the limit of {MAX_RECORD_BYTES:,} "
+            f"(field '{largest}' holds {sizes[largest]:,} bytes)"
+        )
+        records.append(f"<{total:,} bytes, not kept>")
+    rows = oversized["__row"]
+    row = pl.int_range(pl.len(), dtype=pl.UInt32)
+    return frame.with_columns(
+        pl.coalesce(REASON, row.replace_strict(rows, reasons, default=None)).alias(REASON),
+        pl.coalesce(row.replace_strict(rows, records, default=None), RECORD).alias(RECORD),
+    )
+
+
 def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     """``column`` as ``target``: text is parsed, typed values are cast; unreadable → null."""
     if not _castable(source, target):
@@ -214,14 +250,23 @@ def _parse_record(
 ) -> tuple[str | None, dict[str, object] | None, str | None]:
     if record is None:
         return None, None, "empty record"
-    size = len(record) if isinstance(record, bytes) else len(record.encode("utf-8", "replace"))
+    # Text with lone surrogates is as broken as bad bytes: both are refused as not UTF-8.
+    data = record if isinstance(record, bytes) else record.encode("utf-8", "surrogatepass")
+    size = len(data)
     if size > MAX_RECORD_BYTES:
         return (
             f"<{size:,} bytes, not kept>",
             None,
             f"record of {size:,} bytes exceeds the limit of {MAX_RECORD_BYTES:,}",
         )
-    raw = record.decode("utf-8", errors="replace") if isinstance(record, bytes) else record
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # Kept with the bad bytes escaped (\xff), so that two records differing only there
+        # stay two dead letters and an operator sees the bytes.
+        bad = "".join(f"\\x{byte:02x}" for byte in data[error.start : error.end])
+        reason = f"not valid UTF-8 at byte {error.start} ({bad})"
+        return data.decode("utf-8", errors="backslashreplace"), None, reason
     if not raw.strip():
         return raw, None, "empty record"
     try:
@@ -251,6 +296,24 @@ def _json_type_problem(document: dict[str, object], schema: pl.Schema) -> str | 
         if value is not None and not _fits(value, dtype):
             got = f"JSON {type(value).__name__} {value!r:.40}"
             return f"field '{name}': expected {type_name_of(dtype)}, got {got}"
+        surrogate = _lone_surrogate(value)
+        if surrogate is not None:
+            return f"field '{name}': not valid Unicode: lone surrogate \\u{ord(surrogate):04x}"
+    return None
+
+
+def _lone_surrogate(value: object) -> str | None:
+    """A lone surrogate in a string (``"\\ud800"`` is valid JSON, but no UTF-8 text holds it)."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return value[error.start]
+        return None
+    if isinstance(value, list):
+        return next((s for s in map(_lone_surrogate, value) if s is not None), None)
     return None
 
 

@@ -2,9 +2,11 @@
 
 For a sequence ``S`` and a time ``T``: rows pass ``S.filter``; the window is
 ``T - lookback <= event_time < T``; order is ``event_time`` then ``event_id``, both
-descending; the first ``max_length`` are kept. A snapshot stores that per user as list
-columns. Advancing a snapshot by a day and serving a snapshot plus a real-time tail are the
-same operation: merge event rows (earlier copies win), then apply the rule.
+descending; the first ``max_length`` are kept. A snapshot holds that per user as list
+columns. A sequence table stores, per day, what that day adds (:func:`day_rows`); the
+snapshot at a cutoff combines the days of its window (:func:`combine_days`). Combining days
+and serving a snapshot plus a real-time tail are the same operation: merge event rows
+(earlier copies win), then apply the rule.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from sequence_platform.spec.models import SequenceSpec
 from sequence_platform.spec.types import TIMESTAMP
 
 LENGTH = "length"
+DAY = "dt"
+"""The partition column of stored day rows."""
 NEWEST_FIRST = (["event_time", "event_id"], [True, True])
 
 
@@ -106,44 +110,34 @@ def explode_snapshot(snapshot: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame
     return snapshot.select("user_id", *spec.stored_fields).explode(spec.stored_fields)
 
 
-def advance_snapshot(
-    previous: pl.LazyFrame | None,
-    signal: pl.LazyFrame,
-    spec: SequenceSpec,
-    cutoff: datetime,
+def day_rows(signal: pl.LazyFrame, spec: SequenceSpec, day: date) -> pl.LazyFrame:
+    """What day ``D`` adds to the sequence: per user, the newest ``max_length`` rows of the day
+    that pass ``S.filter``, in the snapshot layout. This is what a sequence table stores.
+
+    Nothing that matters is lost by the cut: a row beyond the day's newest ``max_length`` has
+    that many newer rows of the same user and day, which stay in every window it is in.
+    """
+    return assemble_snapshot(sequence_rows(signal, spec), spec, snapshot_cutoff(day))
+
+
+def combine_days(
+    days: pl.LazyFrame, spec: SequenceSpec, at: datetime, *, max_length: int | None = None
 ) -> pl.LazyFrame:
-    """The snapshot at ``cutoff`` from the snapshot one step earlier and the signal rows since.
+    """The snapshot at ``at`` from stored day rows (``dt`` plus the snapshot layout).
 
-    Exact because a snapshot keeps the newest rows: any row it dropped is older than
-    ``max_length`` rows that are still in the window, so it could never come back. Only users
-    with new rows are re-assembled; the others just lose what left the window, a prefix cut
-    on their newest-first lists, so the cost follows the day's activity.
+    ``days`` must hold every stored day in the window of ``at``; earlier days win when an
+    event id appears on two (the copy stored first is the one a snapshot keeps).
     """
-    fresh = sequence_rows(signal, spec).collect()
-    if previous is None:
-        return assemble_snapshot(fresh.lazy(), spec, cutoff)
-    active = fresh.select("user_id").unique().lazy()
-    touched_rows = explode_snapshot(previous.join(active, on="user_id", how="semi"), spec)
-    # Materialized between steps: planned as one query, Polars' optimizer made this step
-    # 3-4x slower (measured with benchmarks/bench_snapshot.py).
-    merged = merge_rows(touched_rows, fresh.lazy()).collect()
-    touched = assemble_snapshot(merged.lazy(), spec, cutoff).collect()
-    untouched = trim_to_window(previous.join(active, on="user_id", how="anti"), spec, cutoff)
-    return pl.concat([untouched.collect(), touched]).lazy().sort("user_id")
+    rows = explode_snapshot(days.sort(DAY, "user_id"), spec)
+    return assemble_snapshot(rows, spec, at, max_length=max_length)
 
 
-def trim_to_window(snapshot: pl.LazyFrame, spec: SequenceSpec, at: datetime) -> pl.LazyFrame:
-    """Snapshot rows with events older than ``at - lookback`` cut off (users left empty drop).
-
-    Lists are newest first, so what is still in the window is a prefix of each list.
-    """
-    start = _millisecond_literal(as_utc(at) - timedelta(days=spec.lookback_days))
-    kept = pl.col("event_time").list.eval(pl.element() >= start).list.sum().cast(pl.Int32)
-    return (
-        snapshot.with_columns(kept.alias(LENGTH))
-        .filter(pl.col(LENGTH) > 0)
-        .with_columns(pl.col(f).list.head(pl.col(LENGTH)) for f in spec.stored_fields)
-    )
+def stored_days(spec: SequenceSpec, at: datetime) -> tuple[date, date]:
+    """The stored days a read at ``at`` combines: from the day the window starts in to the
+    last whole day before ``at``. Rows of ``at``'s own day come from the signal instead: a
+    stored day keeps its newest rows, which may all be at or after ``at``."""
+    at = as_utc(at)
+    return (at - timedelta(days=spec.lookback_days)).date(), at.date() - timedelta(days=1)
 
 
 def empty_snapshot(spec: SequenceSpec, catalog: Catalog) -> pl.LazyFrame:

@@ -1,7 +1,17 @@
-"""The landing zone: ``<home>/landing/<name>/dt=YYYY-MM-DD/*.parquet`` or ``*.jsonl``."""
+"""The landing zone: ``<home>/landing/<name>/dt=YYYY-MM-DD/`` holding the day's export files.
+
+A file is read by its suffix, whatever its case: ``.parquet`` as Parquet; ``.jsonl`` and
+``.json`` as JSON Lines (one JSON object per line), since warehouses and Spark write newline-
+delimited JSON as ``*.json``. Any other file is skipped with a warning that names it, because
+a skipped export is lost data: a compressed ``part-0.json.gz`` or a ``.csv`` is never read.
+Hidden and underscore files and checksums (``_SUCCESS``, ``.part-0.parquet.crc``,
+``_temporary/``) are the bookkeeping of the tools that write exports, and are skipped quietly
+(logged at debug level).
+"""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -17,7 +27,29 @@ from sequence_platform.engine.decode import (
 )
 from sequence_platform.spec.types import TIMESTAMP
 
-LANDING_SUFFIXES = (".parquet", ".jsonl")
+log = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet",)
+JSON_LINES_SUFFIXES = (".jsonl", ".json")
+LANDING_SUFFIXES = PARQUET_SUFFIXES + JSON_LINES_SUFFIXES
+"""Read whatever their case (``.JSONL`` too)."""
+
+
+class UnreadableLandingFile(Exception):
+    """A landing file that cannot be read at all (truncated, empty, not Parquet).
+
+    The export is broken, not a record in it: the day fails (an infrastructure failure) rather
+    than dead-lettering a whole file, and the message names the file, the day and the remedy.
+    """
+
+    def __init__(self, path: Path, name: str, day: date, problem: str) -> None:
+        self.path = path
+        self.day = day
+        super().__init__(
+            f"landing file {path} (of '{name}', day {day.isoformat()}) cannot be read: "
+            f"{problem}. Export the file again, or remove it, then re-run "
+            f"{day.isoformat()}."
+        )
 
 
 def landing_dir(home: Path, name: str, day: date) -> Path:
@@ -25,11 +57,25 @@ def landing_dir(home: Path, name: str, day: date) -> Path:
 
 
 def landing_files(home: Path, name: str, day: date) -> list[Path]:
-    """The day's files in name order, so that reading them is deterministic."""
+    """The day's files in name order, so that reading them is deterministic; what is skipped
+    is logged (see the module docstring)."""
     folder = landing_dir(home, name, day)
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if path.suffix in LANDING_SUFFIXES)
+    found: list[Path] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith((".", "_")) or path.suffix.lower() == ".crc":
+            log.debug("landing: skipping %s (hidden or bookkeeping file)", path)
+        elif path.is_file() and path.suffix.lower() in LANDING_SUFFIXES:
+            found.append(path)
+        else:
+            log.warning(
+                "landing: skipping %s: not read, because only files ending in %s are "
+                "(in any case); rename it or export it in one of those formats",
+                path,
+                ", ".join(LANDING_SUFFIXES),
+            )
+    return found
 
 
 def read_landing_day(
@@ -49,7 +95,7 @@ def read_landing_day(
     parts: list[DecodedEvents] = []
     for path in landing_files(home, name, day):
         label = f"landing/{name}/dt={day.isoformat()}/{path.name}"
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() in JSON_LINES_SUFFIXES:
             lines = path.read_bytes().splitlines()
             origins = [f"{label}:{line}" for line in range(1, len(lines) + 1)]
             parts.append(
@@ -58,7 +104,7 @@ def read_landing_day(
                 )
             )
         else:
-            frame = pl.read_parquet(path)
+            frame = _read_parquet(path, name, day)
             frame = frame.with_columns(
                 pl.format("{}:{}", pl.lit(label), pl.int_range(1, pl.len() + 1)).alias(ORIGIN)
             )
@@ -74,6 +120,14 @@ def read_landing_day(
         else pl.DataFrame(schema={RECORD: pl.String(), REASON: pl.String(), ORIGIN: pl.String()})
     )
     return _refuse_other_days(DecodedEvents(valid, rejected), day, time_field)
+
+
+def _read_parquet(path: Path, name: str, day: date) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except pl.exceptions.PolarsError as error:
+        problem = f"not a complete Parquet file; is it truncated or empty? ({error})"
+        raise UnreadableLandingFile(path, name, day, problem) from error
 
 
 def _refuse_other_days(decoded: DecodedEvents, day: date, time_field: str) -> DecodedEvents:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 _INDEX_ENTRY = struct.Struct(">Q")
 
@@ -99,13 +99,20 @@ class LocalStream:
         return messages
 
     def produce(self, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+        """Append all of ``messages`` or none: a failed write (a full disk) is undone and raised
+        as an ``OSError`` that names the file."""
         data, index = self._paths(topic)
         data.parent.mkdir(parents=True, exist_ok=True)
-        count = 0
-        with _locked(data.parent / "lock"), data.open("ab") as data_file, index.open("ab") as idx:
-            position = data_file.tell()
-            lines: list[bytes] = []
-            positions: list[bytes] = []
+        lines: list[bytes] = []
+        positions: list[bytes] = []
+        # Unbuffered, so that nothing of a failed write is left to be flushed at close.
+        with (
+            _locked(data.parent / "lock"),
+            data.open("ab", buffering=0) as data_file,
+            index.open("ab", buffering=0) as idx,
+        ):
+            data_size, index_size = data_file.tell(), idx.tell()
+            position = data_size
             timestamp_ms = _now_ms()
             for key, value in messages:
                 envelope = {"key": _text(key), "value": _text(value), "timestamp_ms": timestamp_ms}
@@ -113,14 +120,20 @@ class LocalStream:
                 positions.append(_INDEX_ENTRY.pack(position))
                 lines.append(line)
                 position += len(line)
-                count += 1
-            # Data before index: a reader never sees an offset whose bytes are not there yet.
-            data_file.write(b"".join(lines))
-            data_file.flush()
-            os.fsync(data_file.fileno())
-            idx.write(b"".join(positions))
-            idx.flush()
-        return count
+            writing = data
+            try:
+                # Data before index: a reader never sees an offset whose bytes are not there yet.
+                _write_all(data_file, b"".join(lines))
+                os.fsync(data_file.fileno())
+                writing = index
+                _write_all(idx, b"".join(positions))
+            except OSError as error:
+                # Part of an index entry would shift every later offset: cut both files back,
+                # which also frees the space the failed write took.
+                _truncate(idx, index_size)
+                _truncate(data_file, data_size)
+                raise OSError(error.errno, error.strerror, str(writing)) from error
+        return len(lines)
 
     def close(self) -> None:
         return None
@@ -277,6 +290,18 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_all(handle: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        # An unbuffered write may take only part; a full disk then raises on the next one.
+        view = view[handle.write(view) or 0 :]
+
+
+def _truncate(handle: BinaryIO, size: int) -> None:
+    with contextlib.suppress(OSError):
+        handle.truncate(size)
 
 
 def _text(value: bytes | None) -> str | None:

@@ -7,6 +7,7 @@ Annotations stay real objects here (no postponed evaluation): Dagster inspects t
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import date, timedelta
 
 import dagster as dg
@@ -22,14 +23,17 @@ from sequence_platform.runtime.batch import (
     StepOutcome,
     build_events,
     build_features,
-    build_sequence_days,
-    build_signal_days,
+    build_sequence,
+    build_signal,
+    prune_realtime,
 )
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.spec.types import type_name_of
+from sequence_platform.storage.delta import day_range
 
-Builder = Callable[[BatchContext, str, date, date], StepOutcome]
+Builder = Callable[[BatchContext, str, date], StepOutcome]
+Finisher = Callable[[BatchContext, str], dict[str, int | float | str]]
 Checker = Callable[[pl.DataFrame], list[dg.AssetCheckResult]]
 
 
@@ -66,19 +70,30 @@ def column_schema(schema: pl.Schema) -> dg.TableSchema:
 
 
 def _result(
-    outcome: StepOutcome, start: date, end: date, found: list[dg.AssetCheckResult]
+    outcomes: list[StepOutcome],
+    start: date,
+    end: date,
+    found: list[dg.AssetCheckResult],
+    extra: dict[str, int | float | str],
 ) -> dg.MaterializeResult:
-    stats = outcome.stats
+    rows = sum(outcome.stats.rows for outcome in outcomes)
+    totals: dict[str, int | float | str] = {}
+    for outcome in outcomes:
+        for name, value in outcome.extra.items():
+            previous = totals.get(name, 0)
+            summable = isinstance(value, int | float) and isinstance(previous, int | float)
+            totals[name] = previous + value if summable else value  # type: ignore[operator]
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": stats.rows,
-            "rows": stats.rows,
-            "bytes": dg.MetadataValue.int(stats.bytes),
-            "files": stats.files,
-            "duration_s": dg.MetadataValue.float(round(stats.seconds, 3)),
-            "delta_version": stats.version,
+            "dagster/row_count": rows,
+            "rows": rows,
+            "bytes": dg.MetadataValue.int(sum(o.stats.bytes for o in outcomes)),
+            "files": sum(outcome.stats.files for outcome in outcomes),
+            "duration_s": dg.MetadataValue.float(round(sum(o.stats.seconds for o in outcomes), 3)),
+            "delta_version": outcomes[-1].stats.version if outcomes else -1,
             "days": f"{start.isoformat()}..{end.isoformat()}",
-            **outcome.extra,
+            **totals,
+            **extra,
         },
         check_results=found,
     )
@@ -98,6 +113,7 @@ def _daily_asset(
     builder: Builder,
     name: str,
     checker: Checker,
+    finisher: Finisher | None = None,
 ) -> dg.AssetsDefinition:
     def _materialize(
         context: dg.AssetExecutionContext, platform: PlatformResource
@@ -105,16 +121,28 @@ def _daily_asset(
         claim_run(context)
         start, end = partition_days(context)
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
-        try:
-            outcome = builder(platform.batch_context(catalog), name, start, end)
-        except UnreadableLandingFile as error:
-            # Retrying cannot mend a broken export: fail with what to do; the cause is in the text.
-            raise dg.Failure(
-                description=str(error),
-                metadata={"file": str(error.path), "day": error.day.isoformat()},
-                allow_retries=False,
-            ) from None
-        return _result(outcome, start, end, checker(outcome.written))
+        batch = platform.batch_context(catalog)
+        outcomes: list[StepOutcome] = []
+        found: list[tuple[date, list[dg.AssetCheckResult]]] = []
+        for day in day_range(start, end):
+            try:
+                outcome = builder(batch, name, day)
+            except UnreadableLandingFile as error:
+                # Retrying cannot mend a broken export: fail with what to do.
+                raise dg.Failure(
+                    description=str(error),
+                    metadata={"file": str(error.path), "day": error.day.isoformat()},
+                    allow_retries=False,
+                ) from None
+            found.append((day, checker(outcome.written)))
+            # Only the figures stay: memory follows one day, not the range.
+            outcomes.append(replace(outcome, written=outcome.written.clear()))
+            context.log.info(
+                f"{key.to_user_string()} {day}: {outcome.stats.rows:,} rows "
+                f"in {outcome.stats.seconds:.2f}s"
+            )
+        extra = finisher(batch, name) if finisher is not None else {}
+        return _result(outcomes, start, end, checks.combine(found), extra)
 
     # backfill_policy is marked beta; we rely on it knowingly and keep the logs clean.
     with warnings.catch_warnings():
@@ -164,7 +192,7 @@ def build_assets(
                 landing_key(source.name),
                 group_name="landing",
                 description=f"Landing-zone export of '{source.name}' events "
-                f"(landing/{source.name}/dt=YYYY-MM-DD/*.parquet or *.jsonl).",
+                f"(landing/{source.name}/dt=YYYY-MM-DD/*.parquet, or JSON Lines *.jsonl / *.json).",
                 partitions_def=partitions,
             )
         )
@@ -242,7 +270,7 @@ def build_assets(
                 table_uri=layout.signals(signal.name),
                 check_names=standard,
                 catalog=catalog,
-                builder=build_signal_days,
+                builder=build_signal,
                 name=signal.name,
                 checker=standard_checks(schema, ["event_id"], list(REQUIRED_EVENT_FIELDS)),
             )
@@ -272,24 +300,22 @@ def _sequence_asset(
         key,
         group="sequences",
         description=(
-            f"{spec.description}\n\nVersion {spec.version}. Per user, the newest "
-            f"{spec.max_length} rows of signal '{spec.signal}' passing "
-            f"`{spec.filter or 'true'}` in the {spec.lookback_days} days before the cutoff "
-            "(the end of the partition's day, exclusive), newest first, one list column per "
-            "field. Each day advances the previous day's snapshot by one day of signal."
+            f"{spec.description}\n\nVersion {spec.version}. The sequence is, per user, the "
+            f"newest {spec.max_length} rows of signal '{spec.signal}' passing "
+            f"`{spec.filter or 'true'}` in the {spec.lookback_days} days before a cutoff, "
+            "newest first. Each partition stores what its day adds: per user with rows that "
+            f"day, the day's newest {spec.max_length}, one list column per field. The "
+            f"snapshot at a day's end combines the {spec.lookback_days} days of its window "
+            "(see the README), so a day costs the same whatever the lookback."
         ),
         partitions=partitions,
-        deps=[
-            signal_key(spec.signal),
-            dg.AssetDep(
-                key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
-            ),
-        ],
+        deps=[signal_key(spec.signal)],
         schema=schema,
         table_uri=platform.layout.sequence(spec),
         check_names=[*[checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS], checks.ORDERED],
         catalog=catalog,
-        builder=build_sequence_days,
+        builder=build_sequence,
         name=spec.name,
         checker=sequence_checks,
+        finisher=lambda batch, _: {"realtime_rows_pruned": prune_realtime(batch, spec.signal)},
     )

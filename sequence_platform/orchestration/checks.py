@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 
 import dagster as dg
 import polars as pl
@@ -111,4 +112,38 @@ def ordering_check(
         check_name=ORDERED,
         passed=bad == 0,
         metadata={"out_of_order_users": newer_later, "bad_length_users": misaligned},
+    )
+
+
+def combine(
+    per_day: Sequence[tuple[date, list[dg.AssetCheckResult]]],
+) -> list[dg.AssetCheckResult]:
+    """One result per check for a range checked day by day: it passes when every day passed,
+    its counts are summed over the days, and the days that failed are named."""
+    by_name: dict[str, list[tuple[date, dg.AssetCheckResult]]] = {}
+    for day, results in per_day:
+        for result in results:
+            by_name.setdefault(str(result.check_name), []).append((day, result))
+    return [_combined(results) for results in by_name.values()]
+
+
+def _combined(days: list[tuple[date, dg.AssetCheckResult]]) -> dg.AssetCheckResult:
+    results = [result for _, result in days]
+    failed = [result for result in results if not result.passed]
+    metadata: dict[str, dg.RawMetadataValue] = {}
+    for result in results:
+        for name, value in result.metadata.items():
+            raw = value.value if isinstance(value, dg.MetadataValue) else value
+            previous = metadata.get(name)
+            if isinstance(raw, int) and isinstance(previous, int):
+                metadata[name] = previous + raw
+            elif previous is None or (failed and result is failed[0]):
+                metadata[name] = raw if not isinstance(raw, dict) else dg.MetadataValue.json(raw)
+    metadata["days_checked"] = len(results)
+    metadata["failed_days"] = ", ".join(str(day) for day, r in days if not r.passed) or "none"
+    return dg.AssetCheckResult(
+        check_name=results[0].check_name,
+        passed=not failed,
+        severity=results[0].severity,
+        metadata=metadata,
     )

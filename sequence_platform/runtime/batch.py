@@ -1,8 +1,9 @@
-"""The batch steps behind the Dagster assets: read, call the engine, write a range of days.
+"""The batch steps behind the Dagster assets: read, call the engine, write one day.
 
 Plain functions with no Dagster in them, so that an asset body stays a few lines and the same
-step can be run from a test or a script. Each step owns the days it is given: it rewrites
-exactly those partitions, so running it again gives the same table.
+step can be run from a test or a script. Each step owns the day it is given: it rewrites
+exactly that partition, so running it again gives the same table. A range is run a day at a
+time, each day written as soon as it is computed, so memory follows one day's volume.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 import polars as pl
 
 from sequence_platform.engine.decode import ORIGIN
-from sequence_platform.engine.sequence import advance_snapshot, empty_snapshot, snapshot_cutoff
-from sequence_platform.engine.signal import build_signal, deduplicate_events
+from sequence_platform.engine.sequence import day_rows
+from sequence_platform.engine.signal import build_signal as enrich_events
+from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.ingest.landing import read_landing_day
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.spec.catalog import Catalog
@@ -23,7 +25,6 @@ from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
     DT,
     WriteStats,
-    day_range,
     delete_keys,
     open_table,
     overwrite_days,
@@ -47,26 +48,21 @@ class StepOutcome:
     extra: dict[str, int | float | str] = field(default_factory=dict)
 
 
-def build_events(ctx: BatchContext, source: str, start: date, end: date) -> StepOutcome:
-    """Validated, de-duplicated events of ``source`` for the days: the landing files and the
+def build_events(ctx: BatchContext, source: str, day: date) -> StepOutcome:
+    """Validated, de-duplicated events of ``source`` for the day: the landing files and the
     stream archive, the landing copy winning. Landing rejects go to dead letters."""
     schema = ctx.catalog.event_schema(source)
-    valid: list[pl.DataFrame] = []
-    rejected: list[pl.DataFrame] = []
-    for day in day_range(start, end):
-        decoded = read_landing_day(
-            ctx.home,
-            source,
-            day,
-            schema,
-            required=tuple(REQUIRED_EVENT_FIELDS),
-            time_field="event_time",
-        )
-        valid.append(decoded.valid.drop(ORIGIN))
-        rejected.append(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
-    landed = pl.concat(valid, how="vertical_relaxed")
+    decoded = read_landing_day(
+        ctx.home,
+        source,
+        day,
+        schema,
+        required=tuple(REQUIRED_EVENT_FIELDS),
+        time_field="event_time",
+    )
+    landed = decoded.valid.drop(ORIGIN)
     streamed = scan_days(
-        ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
+        ctx.layout.stream_archive(source), schema, day, day, ctx.layout.storage_options
     ).drop(DT)
     events = (
         deduplicate_events(landed.lazy(), streamed)
@@ -74,16 +70,14 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    dead = _landing_dead_letters(rejected)
-    stats = overwrite_days(
-        ctx.layout.events(source), events, start, end, ctx.layout.storage_options
-    )
+    dead = _landing_dead_letters(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
+    stats = overwrite_days(ctx.layout.events(source), events, day, day, ctx.layout.storage_options)
     # The stream's dead letters share the table; a landing day replaces only its own.
     overwrite_days(
         ctx.layout.dead_letters(source),
         dead,
-        start,
-        end,
+        day,
+        day,
         ctx.layout.storage_options,
         only_where=f"{CHANNEL} = 'landing'",
     )
@@ -99,47 +93,38 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     )
 
 
-def _landing_dead_letters(rejected: list[pl.DataFrame]) -> pl.DataFrame:
-    return (
-        pl.concat(rejected, how="vertical_relaxed")
-        .with_columns(
-            pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
-        )
-        .select(DEAD_LETTER_COLUMNS)
-    )
+def _landing_dead_letters(rejected: pl.DataFrame) -> pl.DataFrame:
+    return rejected.with_columns(
+        pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
+    ).select(DEAD_LETTER_COLUMNS)
 
 
-def build_features(ctx: BatchContext, table: str, start: date, end: date) -> StepOutcome:
-    """Validated feature versions of ``table`` whose as-of time falls on the days."""
+def build_features(ctx: BatchContext, table: str, day: date) -> StepOutcome:
+    """Validated feature versions of ``table`` whose as-of time falls on the day."""
     spec = ctx.catalog.feature_tables[table]
     schema = ctx.catalog.feature_schema(table)
-    valid: list[pl.DataFrame] = []
-    rejected: list[pl.DataFrame] = []
-    for day in day_range(start, end):
-        decoded = read_landing_day(
-            ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
-        )
-        valid.append(decoded.valid.drop(ORIGIN))
-        rejected.append(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
+    decoded = read_landing_day(
+        ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
+    )
     rows = (
-        pl.concat(valid, how="vertical_relaxed")
+        decoded.valid.drop(ORIGIN)
         .with_columns(pl.col(spec.as_of).dt.date().alias(DT))
         .sort(DT, spec.key, spec.as_of)
     )
-    stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
-    dead = _landing_dead_letters(rejected)
-    overwrite_days(ctx.layout.dead_letters(table), dead, start, end, ctx.layout.storage_options)
+    stats = overwrite_days(ctx.layout.features(table), rows, day, day, ctx.layout.storage_options)
+    dead = _landing_dead_letters(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
+    overwrite_days(ctx.layout.dead_letters(table), dead, day, day, ctx.layout.storage_options)
     return StepOutcome(rows, stats, {"dead_letters": dead.height})
 
 
-def build_signal_days(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:
-    """Signal rows for the days, enriched from every feature version up to the last day."""
+def build_signal(ctx: BatchContext, signal: str, day: date) -> StepOutcome:
+    """Signal rows for the day, enriched from every feature version up to the day's end."""
     spec = ctx.catalog.signals[signal]
     events = scan_days(
         ctx.layout.events(spec.source),
         ctx.catalog.event_schema(spec.source),
-        start,
-        end,
+        day,
+        day,
         ctx.layout.storage_options,
     )
     features = {
@@ -147,54 +132,35 @@ def build_signal_days(ctx: BatchContext, signal: str, start: date, end: date) ->
             ctx.layout.features(enrichment.table),
             ctx.catalog.feature_schema(enrichment.table),
             None,
-            end,
+            day,
             ctx.layout.storage_options,
         ).drop(DT)
         for enrichment in spec.enrich
     }
     rows = (
-        build_signal(events.drop(DT), features, spec, ctx.catalog)
+        enrich_events(events.drop(DT), features, spec, ctx.catalog)
         .with_columns(pl.col("event_time").dt.date().alias(DT))
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    stats = overwrite_days(ctx.layout.signals(signal), rows, start, end, ctx.layout.storage_options)
+    stats = overwrite_days(ctx.layout.signals(signal), rows, day, day, ctx.layout.storage_options)
     return StepOutcome(rows, stats)
 
 
-def build_sequence_days(ctx: BatchContext, sequence: str, start: date, end: date) -> StepOutcome:
-    """Snapshots for the days, each from the previous day's snapshot plus one day of signal.
-
-    Daily cost follows the day's events and the window's active users, not the lookback. When
-    the previous snapshot is missing (first day, or a gap) the lookback window is read instead.
-    """
+def build_sequence(ctx: BatchContext, sequence: str, day: date) -> StepOutcome:
+    """What the day adds to the sequence (see ``engine.day_rows``): the day's own signal only,
+    so a day costs the same whatever the lookback."""
     spec = ctx.catalog.sequences[sequence]
-    uri = ctx.layout.sequence(spec)
-    previous = _read_snapshot(ctx, spec, start - timedelta(days=1))
-    resumed = previous is not None
-    snapshots: list[pl.DataFrame] = []
-    for day in day_range(start, end):
-        first_signal_day = day if previous is not None else day - timedelta(spec.lookback_days - 1)
-        signal = scan_days(
-            ctx.layout.signals(spec.signal),
-            ctx.catalog.signal_schema(spec.signal),
-            first_signal_day,
-            day,
-            ctx.layout.storage_options,
-        ).drop(DT)
-        snapshot = advance_snapshot(
-            previous.lazy() if previous is not None else None, signal, spec, snapshot_cutoff(day)
-        ).collect()
-        snapshots.append(snapshot.with_columns(pl.lit(day).alias(DT)))
-        previous = snapshot
-    written = pl.concat(snapshots, how="vertical_relaxed").select(DT, pl.exclude(DT))
-    stats = overwrite_days(uri, written, start, end, ctx.layout.storage_options)
-    pruned = prune_realtime(ctx, spec.signal)
-    return StepOutcome(
-        written,
-        stats,
-        {"resumed_from_previous_snapshot": str(resumed), "realtime_rows_pruned": pruned},
-    )
+    signal = scan_days(
+        ctx.layout.signals(spec.signal),
+        ctx.catalog.signal_schema(spec.signal),
+        day,
+        day,
+        ctx.layout.storage_options,
+    ).drop(DT)
+    rows = day_rows(signal, spec, day).collect().select(pl.lit(day).alias(DT), pl.all())
+    stats = overwrite_days(ctx.layout.sequence(spec), rows, day, day, ctx.layout.storage_options)
+    return StepOutcome(rows, stats)
 
 
 def prune_realtime(ctx: BatchContext, signal: str) -> int:
@@ -241,11 +207,3 @@ def _latest_snapshot_day(ctx: BatchContext, spec: SequenceSpec) -> date | None:
     days = scan_days(uri, pl.Schema(), storage_options=ctx.layout.storage_options)
     latest = days.select(pl.col(DT).max()).collect().item()
     return latest if isinstance(latest, date) else None
-
-
-def _read_snapshot(ctx: BatchContext, spec: SequenceSpec, day: date) -> pl.DataFrame | None:
-    schema = empty_snapshot(spec, ctx.catalog).collect_schema()
-    snapshot = scan_days(
-        ctx.layout.sequence(spec), schema, day, day, ctx.layout.storage_options
-    ).collect()
-    return None if snapshot.is_empty() else snapshot.drop(DT)

@@ -123,6 +123,18 @@ class ContinuousIndexer:
 Message = tuple[bytes | None, bytes | None]
 
 
+class ProduceStopped(Exception):
+    """Producing stopped part-way (a full disk, a broker gone): the first ``sent`` messages are
+    on the stream. The local stream takes a batch whole or not at all; a Kafka broker may also
+    hold part of the batch that failed."""
+
+    def __init__(self, topic: str, sent: int, cause: OSError | StreamUnavailable) -> None:
+        self.topic = topic
+        self.sent = sent
+        self.cause = cause
+        super().__init__(f"producing to '{topic}' stopped after {sent:,} messages: {cause}")
+
+
 def produce_messages(
     stream: EventStream,
     topic: str,
@@ -131,11 +143,17 @@ def produce_messages(
     rate: float,
     on_sent: Callable[[int], None] | None = None,
 ) -> int:
-    """Send ``(key, value)`` messages at ``rate`` per second in small batches; returns the count."""
+    """Send ``(key, value)`` messages at ``rate`` per second in small batches; returns the count.
+
+    Raises :class:`ProduceStopped`, with the count sent so far, when the stream cannot take more.
+    """
     sent = 0
     began = time.monotonic()
     for batch in _batches(messages, max(1, int(rate // 20))):
-        sent += stream.produce(topic, batch)
+        try:
+            sent += stream.produce(topic, batch)
+        except (OSError, StreamUnavailable) as error:
+            raise ProduceStopped(topic, sent, error) from error
         if on_sent is not None:
             on_sent(sent)
         ahead = sent / rate - (time.monotonic() - began)

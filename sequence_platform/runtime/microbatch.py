@@ -9,12 +9,15 @@ duplicated or overlapping run skips what a table already holds and never writes 
 
 from __future__ import annotations
 
+import errno
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from sequence_platform.engine.decode import ORIGIN, REASON, RECORD, decode_json_records
 from sequence_platform.engine.signal import build_signal, deduplicate_events
@@ -47,6 +50,36 @@ class MicroBatchOutcome:
 
 def app_id(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+class RealtimeWriteFailed(RuntimeError):
+    """A micro-batch could not write one of its tables (a full disk, an object store down).
+
+    Nothing is lost: a table records its stream offsets in the very commit that adds the rows,
+    so it holds none of what failed, and the next run reads the stream again from there.
+    """
+
+    def __init__(self, uri: str, stream: str, offset: int, cause: Exception) -> None:
+        self.uri = uri
+        self.cause = cause
+        self.disk_full = _is_disk_full(cause)
+        problem = "the disk is full" if self.disk_full else "the write failed"
+        super().__init__(
+            f"could not write table {uri} ({problem}: {_one_line(cause)}); it holds the "
+            f"messages of {stream} before offset {offset}, and the next run resumes from there"
+        )
+
+
+def _is_disk_full(error: Exception) -> bool:
+    # delta-rs reports the operating system's error only in its message.
+    return getattr(error, "errno", None) == errno.ENOSPC or "os error 28" in str(error)
+
+
+def _one_line(error: Exception) -> str:
+    """delta-rs's message without its colours and its tree of causes on separate lines."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    causes = (line.strip().removeprefix("\u21b3").strip() for line in text.splitlines())
+    return ": ".join(cause for cause in causes if cause)
 
 
 class RealtimeWriter:
@@ -124,7 +157,13 @@ class RealtimeWriter:
         identity = app_id(spec.topic_name, partition)
         for uri, frame in tables.items():
             fresh = frame.filter(pl.col(STREAM_OFFSET) >= done[uri])
-            if append_once(uri, fresh, identity, end, self.layout.storage_options):
+            try:
+                written = append_once(uri, fresh, identity, end, self.layout.storage_options)
+            except CommitFailedError:
+                raise  # another writer won the race: the caller re-reads and retries
+            except (DeltaError, OSError) as error:
+                raise RealtimeWriteFailed(uri, identity, done[uri], error) from error
+            if written:
                 appended[uri] = fresh.height
         watermark = archive["event_time"].max() if archive.height else None
         return MicroBatchOutcome(

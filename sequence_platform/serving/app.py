@@ -18,7 +18,7 @@ from sequence_platform.serving.errors import ServingError
 from sequence_platform.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from sequence_platform.serving.refresher import StoreRefresher
 from sequence_platform.serving.routers import definitions, health, sequences
-from sequence_platform.serving.store import SnapshotStore
+from sequence_platform.serving.store import SnapshotStore, describe_error
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.loader import load_catalog
@@ -88,11 +88,21 @@ def serve(
     settings = settings or PlatformSettings()
     catalog = load_catalog(settings.definitions)
     layout = TableLayout(settings.tables_root, settings.storage_options)
-    missing = [
-        name
-        for name, spec in catalog.sequences.items()
-        if table_version(layout.sequence(spec), layout.storage_options) is None
-    ]
+    missing: list[str] = []
+    for name, spec in catalog.sequences.items():
+        uri = layout.sequence(spec)
+        try:
+            if table_version(uri, layout.storage_options) is None:
+                missing.append(name)
+        except Exception as error:
+            # Not fatal: the refresher retries, /readyz says why, and the rest is served.
+            log.warning(
+                "the snapshot table of %s at %s cannot be read (%s): the service starts not "
+                "ready and serves what it can until the table reads again",
+                name,
+                uri,
+                describe_error(error),
+            )
     if missing:
         log.warning(
             "no snapshot table yet for %s under %s: every user reads as empty until the batch "

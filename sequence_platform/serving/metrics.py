@@ -97,12 +97,21 @@ class StoreCollector(Collector):
             "1 when the table has been read at least once or is known to be absent.",
             labels=["kind", "table"],
         )
+        readable = GaugeMetricFamily(
+            f"{PREFIX}_table_readable",
+            "1 when the last refresh read the table at its newest version (or found it absent); "
+            "0 before the first read and while it cannot (the service keeps what it read before).",
+            labels=["kind", "table"],
+        )
         for watched in self.store.tables():
             status = watched.status
             table_rows.add_metric([status.kind, status.name], status.rows)
             errors.add_metric([status.kind, status.name], status.errors)
             loaded.add_metric([status.kind, status.name], 1 if status.loaded else 0)
-        yield from (table_rows, errors, loaded)
+            readable.add_metric(
+                [status.kind, status.name], int(status.loaded and status.last_error is None)
+            )
+        yield from (table_rows, errors, loaded, readable)
         refreshes = CounterMetricFamily(
             f"{PREFIX}_refreshes", "Refresh rounds over every table since start."
         )

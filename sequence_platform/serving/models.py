@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt
 
 from sequence_platform.serving.query import INT64_MAX, INT64_MIN, MAX_BATCH_USERS, Format
 
-UserId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+UserId = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""A JSON integer: ``"1"``, ``1.0`` and ``true`` are refused, not read as 1."""
 TIMESTAMP_EXAMPLE = "2026-03-03T12:00:00.000Z"
 
 RECORDS_EXAMPLE: list[JsonValue] = [
@@ -111,7 +112,7 @@ class BatchRequest(BaseModel):
         description=f"Users to serve, at most {MAX_BATCH_USERS:,} distinct; results keep order.",
         examples=[[1, 2, 3]],
     )
-    max_length: int | None = Field(
+    max_length: StrictInt | None = Field(
         default=None, description="1 up to the definition's max_length; default the latter."
     )
     max_age_seconds: float | None = Field(
@@ -175,11 +176,17 @@ class HealthResponse(BaseModel):
 class TableReadiness(BaseModel):
     kind: str = Field(examples=["sequence"])
     name: str = Field(examples=["recent_saves"])
+    uri: str = Field(description="Where the Delta table is.")
     loaded: bool = Field(description="Read at least once, or known not to exist yet.")
     version: int | None = Field(description="Delta version in memory; null when absent.")
     rows: int
     errors: int = Field(description="Failed refreshes since start.")
-    last_error: str | None
+    last_error: str | None = Field(
+        description=(
+            "Why the table cannot be read at its newest version right now (the service keeps "
+            "what it read before); null when it can."
+        )
+    )
 
 
 class ReadinessResponse(BaseModel):

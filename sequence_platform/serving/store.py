@@ -16,13 +16,17 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 from deltalake import DeltaTable
+from deltalake.fs import DeltaStorageHandler
+from pyarrow.fs import FileType
 
-from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff
+from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff, stored_days
 from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
+from sequence_platform.runtime.snapshots import snapshot_from_table
 from sequence_platform.serving.errors import NotLoaded
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
@@ -105,16 +109,53 @@ class TableStatus:
     kind: str
     name: str
     uri: str
+    checked: bool = False
+    """A refresh has tried to read it, whether or not it could."""
     loaded: bool = False
     """Read at least once, or known to be absent."""
     version: int | None = None
     rows: int = 0
     errors: int = 0
     last_error: str | None = None
+    """Why the last refresh could not read the table at its newest version; None when it could."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} table '{self.name}' at {self.uri}"
+
+    def not_ready_reason(self) -> str | None:
+        """Why this table keeps the service from being ready; None when it does not."""
+        if self.last_error is None:
+            return None if self.loaded else f"{self.label} not read yet"
+        if not self.loaded:
+            return f"{self.label} cannot be read: {self.last_error}; served as empty meanwhile"
+        held = "it as absent" if self.version is None else f"version {self.version}"
+        return (
+            f"{self.label} cannot be read at its newest version: {self.last_error}; "
+            f"still serving {held}, as read before"
+        )
+
+
+class BrokenDeltaLog(Exception):
+    """The Delta log of a table read before is gone, or its newest commit went missing."""
+
+
+class NewestCommit(NamedTuple):
+    """The newest commit file of a table as last looked up: a rewrite changes size or time."""
+
+    version: int
+    size: int | None
+    modified_ns: int | None
+
+
+def describe_error(error: Exception) -> str:
+    """The error's type and first line (delta-rs appends a backtrace to its messages)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"
 
 
 class WatchedTable(ABC):
-    """One Delta table mirrored in memory and reloaded when its version changes."""
+    """One Delta table mirrored in memory and reloaded when its newest commit changes."""
 
     kind = "table"
 
@@ -122,43 +163,78 @@ class WatchedTable(ABC):
         self.status = TableStatus(self.kind, name, uri)
         self._storage_options = storage_options
         self._table: DeltaTable | None = None
+        self._commit: NewestCommit | None = None
+        """The newest commit of ``_table``; None while there is no table."""
+        self._loaded_commit: NewestCommit | None = None
+        """The commit whose state is in memory."""
+        self._log_files: DeltaStorageHandler | None = None
 
     def _current(self) -> DeltaTable | None:
-        """The table at its newest version; an open table only reads the commits it lacks."""
-        if self._table is None:
-            self._table = open_table(self.status.uri, self._storage_options)
-        else:
+        """The table at its newest version, its newest commit looked up again.
+
+        An open table reads only the commits it lacks: a log moved away, or a commit rewritten
+        after it was read, would go unnoticed without the look-up (one file stat).
+        """
+        if self._table is not None:
+            known = self._commit
             self._table.update_incremental()
-        return self._table
+            commit = self._look_up(self._table.version())
+            if known is None or commit.version != known.version or commit == known:
+                self._commit = commit
+                return self._table
+            # The newest commit was rewritten in place: read the whole log again.
+        self._table, self._commit = None, None
+        table = open_table(self.status.uri, self._storage_options)
+        if table is None:
+            if self.status.version is not None:
+                raise BrokenDeltaLog(
+                    f"its _delta_log is gone (version {self.status.version} was read before)"
+                )
+            return None
+        self._commit = self._look_up(table.version())
+        self._table = table
+        return table
+
+    def _look_up(self, version: int) -> NewestCommit:
+        if self._log_files is None:
+            self._log_files = DeltaStorageHandler(self.status.uri, self._storage_options or None)
+        path = f"_delta_log/{version:020d}.json"
+        [info] = self._log_files.get_file_info([path])
+        if info.type == FileType.NotFound:
+            raise BrokenDeltaLog(f"its newest commit {path} is gone (log moved or deleted?)")
+        return NewestCommit(version, info.size, info.mtime_ns)
 
     @property
     def loaded(self) -> bool:
         return self.status.loaded
 
     def refresh(self) -> bool:
-        """Check the table's version; reload when it changed. True when something was reloaded.
+        """Check the table's newest commit; reload when it changed. True when it reloaded.
 
-        A failure keeps the previous state (and is counted); the next refresh tries again.
+        A failure keeps the state last read (and is counted and reported until the table
+        reads again); the next refresh reads the log from scratch.
         """
         status = self.status
         try:
             table = self._current()
-            version = None if table is None else table.version()
-            if status.loaded and version == status.version:
-                return False
-            status.rows = self._absent() if table is None else self._load(table)
+            commit = self._commit
+            changed = not status.loaded or commit != self._loaded_commit
+            if changed:
+                status.rows = self._absent() if table is None else self._load(table)
         except Exception as error:
-            self._table = None  # reopen from scratch next time
+            self._table, self._commit = None, None
             status.errors += 1
-            # delta-rs appends a backtrace to its messages: keep the first line.
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            status.last_error = f"{type(error).__name__}: {first_line}"
-            log.warning("refreshing %s %s failed: %s", self.kind, status.name, status.last_error)
+            reason = describe_error(error)
+            if reason != status.last_error:
+                log.warning("reading %s failed: %s", status.label, reason)
+            status.last_error, status.checked = reason, True
             return False
-        status.version = version
-        status.loaded = True
-        status.last_error = None
-        return True
+        if status.last_error is not None:
+            log.info("%s reads again", status.label)
+        self._loaded_commit = commit
+        status.version = None if commit is None else commit.version
+        status.loaded, status.checked, status.last_error = True, True, None
+        return changed
 
     @abstractmethod
     def _load(self, table: DeltaTable) -> int:
@@ -169,11 +245,11 @@ class WatchedTable(ABC):
         """Replace the in-memory state with that of a table not written yet."""
 
     def _require_loaded(self) -> None:
-        if not self.status.loaded:
-            raise NotLoaded(
-                f"{self.kind} '{self.status.name}' has not been read yet; retry shortly"
-                + (f" (last error: {self.status.last_error})" if self.status.last_error else "")
-            )
+        """Refuse requests until a refresh has tried the table; after a failed first read,
+        its (empty) initial state is served and ``/readyz`` says why."""
+        if not self.status.checked:
+            name = self.status.name
+            raise NotLoaded(f"{self.kind} '{name}' has not been read yet; retry shortly")
 
 
 @dataclass(frozen=True)
@@ -244,10 +320,11 @@ class SnapshotTable(WatchedTable):
         files = partition_files(table)
         days = tuple(sorted(files))
         previous = self._state
+        window = self._window_files(files, days[-1]) if days else frozenset()
         if not days:
             latest = Snapshot(self._empty, None, version)
-        elif previous.latest.day == days[-1] and previous.latest_files == files[days[-1]]:
-            # A commit that left the newest partition alone (e.g. a backfill of older days).
+        elif previous.latest.day == days[-1] and previous.latest_files == window:
+            # A commit that left the newest window alone (e.g. a backfill of older days).
             latest = replace(previous.latest, table_version=version)
         else:
             latest = Snapshot(self._read_day(table, days[-1]), days[-1], version)
@@ -255,13 +332,16 @@ class SnapshotTable(WatchedTable):
         pinned = DeltaTable(
             table.table_uri, version=version, storage_options=self._storage_options or None
         )
-        self._state = _SnapshotTableState(
-            pinned, days, latest, files[days[-1]] if days else frozenset()
-        )
+        self._state = _SnapshotTableState(pinned, days, latest, window)
         return latest.frame.height
 
+    def _window_files(self, files: dict[date, frozenset[str]], day: date) -> frozenset[str]:
+        first, last = stored_days(self.spec, snapshot_cutoff(day))
+        return frozenset().union(*(paths for d, paths in files.items() if first <= d <= last))
+
     def snapshot_at(self, at: datetime) -> Snapshot:
-        """The latest snapshot with cutoff ``C <= at``; the empty snapshot when there is none."""
+        """The snapshot of the latest stored day whose cutoff ``C <= at``; the empty snapshot
+        when there is none."""
         self._require_loaded()
         state = self._state
         cutoff = state.latest.cutoff
@@ -287,11 +367,8 @@ class SnapshotTable(WatchedTable):
         return snapshot
 
     def _read_day(self, table: DeltaTable, day: date) -> pl.DataFrame:
-        return (
-            read_table(table, self.schema, day)
-            .filter(pl.col("user_id").is_not_null())
-            .sort("user_id")
-        )
+        """The snapshot at the cutoff of ``day``: the stored days of its window, combined."""
+        return snapshot_from_table(table, self.spec, self.schema, day)
 
 
 @dataclass(frozen=True)
@@ -456,12 +533,10 @@ class SnapshotStore:
         return reloaded
 
     def not_ready(self) -> list[str]:
-        """Why the store cannot answer every sequence yet; empty when it can."""
+        """Why the store cannot answer every sequence from each table's newest version; empty
+        when it can."""
         return [
-            f"{t.status.kind} table '{t.status.name}' at {t.status.uri} not read yet"
-            + (f" ({t.status.last_error})" if t.status.last_error else "")
-            for t in self.tables()
-            if not t.loaded
+            reason for t in self.tables() if (reason := t.status.not_ready_reason()) is not None
         ]
 
     def tail_of(self, spec: SequenceSpec) -> RealtimeTail:

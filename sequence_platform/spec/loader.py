@@ -88,9 +88,9 @@ def _load_json(path: Path) -> tuple[list[LoadedDefinition], list[DefinitionProbl
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
+        bad = raw[error.start : error.end]
         problem = (
-            f"not valid UTF-8 at line {line} (byte {error.start}: {raw[error.start : error.end]!r}); "
-            "save the file as UTF-8"
+            f"not valid UTF-8 at line {line} (byte {error.start}: {bad!r}); save the file as UTF-8"
         )
         return [], [DefinitionProblem(origin, "file", "", problem)]
     try:

@@ -302,3 +302,36 @@ def test_the_size_limit_counts_bytes_whichever_form_the_record_has() -> None:
     from_bytes = decode([text.encode()])
     from_text = decode([text])
     assert from_bytes[1]["reason"].to_list() == from_text[1]["reason"].to_list()
+
+
+def test_text_that_is_not_unicode_is_refused_not_repaired() -> None:
+    """Bad bytes, and JSON escapes of lone surrogates (valid JSON, but no UTF-8 text holds
+    them), are dead letters with the place of the problem; once used to crash the decoder."""
+    base = record(event_id="X").encode()
+    # Text (not bytes) holding a lone surrogate itself, as a caller's str may.
+    surrogate = json.dumps({**GOOD, "event_id": "Y", "surface": "\udcff"}, ensure_ascii=False)
+    valid, rejected = decode(
+        [
+            base.replace(b'"X"', b'"X\xff"'),
+            base.replace(b'"X"', b'"X\xfe"'),
+            base.replace(b'"X"', b'"\\ud800"'),
+            surrogate,
+            record(event_id="Z", surface="caf\u00e9"),
+            record(event_id="V", colour="\udcff"),
+            record(event_id="W").replace('"home"', '"\\ud83d\\ude00"'),
+        ]
+    )
+    assert rejected.select("reason", "origin").rows() == [
+        ("not valid UTF-8 at byte 15 (\\xff)", "line:0"),
+        ("not valid UTF-8 at byte 15 (\\xfe)", "line:1"),
+        ("field 'event_id': not valid Unicode: lone surrogate \\ud800", "line:2"),
+        (f"not valid UTF-8 at byte {surrogate.index(chr(0xDCFF))} (\\xed)", "line:3"),
+    ]
+    assert rejected["record"][0] == base.decode().replace('"X"', '"X\\xff"')
+    assert rejected["record"][2] == base.decode().replace('"X"', '"\\ud800"')
+    # Escaped surrogate pairs are one character; an undeclared field is never looked at.
+    assert valid.select("event_id", "surface").rows() == [
+        ("Z", "café"),
+        ("V", "home"),
+        ("W", "\U0001f600"),
+    ]

@@ -18,13 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sequence_platform.engine import (
-    advance_snapshot,
     assemble_snapshot,
+    combine_days,
+    day_rows,
     deduplicate_events,
     explode_snapshot,
     merge_realtime_tail,
     sequence_rows,
 )
+from sequence_platform.engine.sequence import stored_days
 from sequence_platform.spec import (
     Catalog,
     LoadedDefinition,
@@ -213,22 +215,23 @@ DAY_TIMES = [
 
 @EXAMPLES
 @given(event_lists(DAY_TIMES, most=60), lengths, lookbacks)
-def test_advancing_day_by_day_equals_the_one_shot_snapshot_at_every_cutoff(
+def test_stored_days_combine_into_the_one_shot_snapshot_at_every_cutoff(
     drawn: list[Event], max_length: int, lookback_days: int
 ) -> None:
     spec = sequence_spec(max_length, lookback_days)
     signal = deduplicate_events(frame(drawn)).collect()
-    previous: pl.LazyFrame | None = None
+    stored: list[pl.DataFrame] = []
     for day in range(DAYS):
+        today = (BASE + timedelta(days=day)).date()
+        todays = signal.filter(pl.col("event_time").dt.date() == today)
+        stored.append(day_rows(todays.lazy(), spec, today).collect().with_columns(dt=today))
         cutoff = BASE + timedelta(days=day + 1)
-        todays = signal.filter(
-            pl.col("event_time").dt.date() == (BASE + timedelta(days=day)).date()
-        )
-        advanced = advance_snapshot(previous, todays.lazy(), spec, cutoff).collect()
+        first, last = stored_days(spec, cutoff)
+        window = pl.concat(stored).filter(pl.col("dt").is_between(first, last))
+        combined = combine_days(window.lazy(), spec, cutoff).collect()
         one_shot = assemble_snapshot(sequence_rows(signal.lazy(), spec), spec, cutoff).collect()
-        assert advanced.to_dicts() == one_shot.to_dicts(), f"day {day}"
-        assert from_snapshot(advanced) == reference(drawn, spec, cutoff), f"day {day}"
-        previous = advanced.lazy()
+        assert combined.to_dicts() == one_shot.to_dicts(), f"day {day}"
+        assert from_snapshot(combined) == reference(drawn, spec, cutoff), f"day {day}"
 
 
 @st.composite

@@ -14,14 +14,16 @@ import pytest
 
 from sequence_platform.engine import (
     add_request_fields,
-    advance_snapshot,
     assemble_snapshot,
+    combine_days,
+    day_rows,
     empty_snapshot,
     explode_snapshot,
     merge_realtime_tail,
     merge_rows,
     sequence_rows,
 )
+from sequence_platform.engine.sequence import stored_days
 from sequence_platform.spec import (
     Catalog,
     Enrichment,
@@ -180,7 +182,7 @@ def test_users_without_events_in_the_window_are_absent_and_users_ascend() -> Non
     assert snapshot_at(signal_rows(), CUTOFF).height == 0
 
 
-# -- incremental snapshots -------------------------------------------------------------------
+# -- stored days ---------------------------------------------------------------------------
 
 ADVANCING_ROWS = [
     (1, "s1", "2026-03-01T10:00:00.000", 1, "save"),
@@ -203,17 +205,42 @@ EXPECTED_BY_DAY = {
 }
 
 
-def test_advancing_day_by_day_equals_assembling_all_rows_at_once() -> None:
+def test_stored_days_combine_into_the_snapshot_of_all_rows_at_once() -> None:
     everything = signal_rows(*ADVANCING_ROWS)
-    previous: pl.LazyFrame | None = None
+    stored: list[pl.DataFrame] = []
     for day, expected in EXPECTED_BY_DAY.items():
+        today = utc(day).date()
+        todays = everything.filter(pl.col("event_time").dt.date() == today)
+        stored.append(day_rows(todays, ADVANCING_SPEC, today).collect().with_columns(dt=today))
         cutoff = utc(f"{day}T00:00:00") + timedelta(days=1)
-        todays = everything.filter(pl.col("event_time").dt.date() == utc(day).date())
-        advanced = advance_snapshot(previous, todays, ADVANCING_SPEC, cutoff).collect()
+        first, last = stored_days(ADVANCING_SPEC, cutoff)
+        window = pl.concat(stored).filter(pl.col("dt").is_between(first, last)).lazy()
+        combined = combine_days(window, ADVANCING_SPEC, cutoff).collect()
         at_once = snapshot_at(everything, cutoff, ADVANCING_SPEC)
-        assert event_ids_by_user(advanced) == expected, day
-        assert advanced.to_dicts() == at_once.to_dicts(), day
-        previous = advanced.lazy()
+        assert event_ids_by_user(combined) == expected, day
+        assert combined.to_dicts() == at_once.to_dicts(), day
+
+
+def test_a_stored_day_keeps_only_the_newest_rows_of_each_user() -> None:
+    rows = signal_rows(
+        (1, "early", "2026-03-02T00:00:00.000", 1, "save"),
+        *ADVANCING_ROWS[1:3],
+        (2, "t2", "2026-03-02T23:59:59.999", 7, "click"),
+    )
+    stored = day_rows(rows, ADVANCING_SPEC, utc("2026-03-02").date()).collect()
+    assert event_ids_by_user(stored) == {1: ["s3", "s2"], 2: ["t2"]}
+
+
+def test_stored_days_of_a_read_stop_before_its_own_day() -> None:
+    spec = with_limits(max_length=2, lookback_days=2)
+    assert stored_days(spec, utc("2026-03-05T00:00:00")) == (
+        utc("2026-03-03").date(),
+        utc("2026-03-04").date(),
+    )
+    assert stored_days(spec, utc("2026-03-05T12:00:00")) == (
+        utc("2026-03-03").date(),
+        utc("2026-03-04").date(),
+    )
 
 
 def test_explode_snapshot_gives_back_the_event_rows() -> None:

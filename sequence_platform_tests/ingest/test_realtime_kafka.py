@@ -366,3 +366,30 @@ def test_killed_indexer_resumes_without_loss_or_duplicates(
     rows = pl.read_delta(str(realtime))
     assert sorted(rows["event_id"]) == [f"k-{i:05d}" for i in range(300)]
     assert sorted(rows["stream_offset"]) == list(range(300))
+
+
+def test_messages_that_are_not_utf8_are_dead_letters_with_their_bytes(
+    topic_catalog: Catalog, stream: KafkaStream, tmp_path: Path
+) -> None:
+    """Read with replacement characters, the first two would be one event (one then dropped
+    as a duplicate, with no dead letter) and the third would be stored altered."""
+    topic = topic_of(topic_catalog)
+    bad = [
+        json.dumps(event(1)).encode().replace(b"k-00001", b"badutf8-X\xff"),
+        json.dumps(event(2)).encode().replace(b"k-00002", b"badutf8-X\xfe"),
+        json.dumps(event(3)).encode().replace(b"home_feed", b"home\xc3\x28feed"),
+    ]
+    stream.produce(topic, [encode(event(0)), *((b"1", value) for value in bad), encode(event(4))])
+    layout = TableLayout(str(tmp_path / "tables"))
+    outcome = RealtimeWriter(topic_catalog, layout, stream).process("engagement", 0, 0, 5)
+    assert (outcome.valid, outcome.rejected) == (2, 3)
+
+    archive = table(layout, "stream_archive", "engagement")
+    assert sorted(archive["event_id"]) == ["k-00000", "k-00004"]
+    dead = table(layout, "dead_letters", "engagement").sort("stream_offset")
+    assert dead.select("stream_offset", "reason", "origin").rows() == [
+        (1, "not valid UTF-8 at byte 23 (\\xff)", f"{topic}/0@1"),
+        (2, "not valid UTF-8 at byte 23 (\\xfe)", f"{topic}/0@2"),
+        (3, f"not valid UTF-8 at byte {bad[2].index(bytes([0xC3]))} (\\xc3)", f"{topic}/0@3"),
+    ]
+    assert dead["record"].to_list() == [value.decode("utf-8", "backslashreplace") for value in bad]

@@ -18,6 +18,7 @@ from sequence_platform.ingest.generate import GenerationConfig, GenerationSummar
 from sequence_platform.ingest.landing import landing_dir
 from sequence_platform.orchestration import build_definitions
 from sequence_platform.orchestration.runner import computed_asset_keys, materialize_days
+from sequence_platform.runtime.snapshots import read_snapshot
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
 from sequence_platform.storage.delta import DT
@@ -94,13 +95,12 @@ def test_snapshot_equals_direct_computation(platform: Platform) -> None:
     catalog = load_catalog()
     spec = catalog.sequences["recent_saves"]
     signal = platform.table(platform.layout.signals(spec.signal)).drop(DT)
-    snapshots = platform.table(platform.layout.sequence(spec))
     for day in (START, END):
         direct = assemble_snapshot(
             sequence_rows(signal.lazy(), spec), spec, snapshot_cutoff(day)
         ).collect()
-        stored = snapshots.filter(pl.col(DT) == day).drop(DT).sort("user_id")
-        stored = stored.with_columns(pl.col("event_time").cast(pl.List(pl.Datetime("ms", "UTC"))))
+        stored = read_snapshot(platform.layout, catalog, spec, day)
+        assert stored.height > 0
         assert stored.equals(direct), day
 
 
@@ -199,3 +199,47 @@ def test_materializing_a_day_with_only_bad_records_succeeds(platform: Platform) 
     finally:
         extra.unlink()
         platform.run(day, day, keys=[dg.AssetKey(["events", "engagement"])])
+
+
+def test_a_broken_landing_file_fails_the_run_naming_the_file(tmp_path: Path) -> None:
+    """A truncated export is an infrastructure failure: the run fails (not a dead letter) and
+    its failure, as the UI shows it, names the file, the day and what to do."""
+    home = tmp_path / "home"
+    folder = landing_dir(home, "engagement", START)
+    folder.mkdir(parents=True)
+    good = {
+        "event_id": "a",
+        "user_id": 1,
+        "item_id": 2,
+        "event_type": "save",
+        "event_time": "2026-03-01T10:00:00Z",
+    }
+    (folder / "part-00000.jsonl").write_text(json.dumps(good) + "\n")
+    pl.DataFrame([good]).write_parquet(folder / "part-00001.parquet")
+    broken = folder / "part-00001.parquet"
+    broken.write_bytes(broken.read_bytes()[:-9])
+    settings = PlatformSettings(home=home, start_date=START)
+    key = dg.AssetKey(["events", "engagement"])
+    with dg.DagsterInstance.ephemeral() as instance:
+        defs = build_definitions(settings=settings)
+        runs = materialize_days(defs, instance, START, START, keys=[key], raise_on_error=False)
+        assert [run.success for run in runs] == [False]
+        (failure,) = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        assert failure.dagster_event is not None
+        shown = failure.dagster_event.step_failure_data.user_failure_data
+        run = instance.get_run_by_id(runs[0].run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+
+    assert shown is not None and shown.description == runs[0].error
+    assert shown.description is not None
+    assert shown.description.startswith(
+        f"landing file {broken} (of 'engagement', day 2026-03-01) cannot be read: not a "
+        "complete Parquet file; is it truncated or empty? (parquet: "
+    )
+    assert shown.description.endswith(
+        "Export the file again, or remove it, then re-run 2026-03-01."
+    )
+    assert shown.metadata["file"] == dg.MetadataValue.text(str(broken))
+    assert shown.metadata["day"] == dg.MetadataValue.text("2026-03-01")
+    # Nothing was written for the day: not the good file's rows, and no dead letters.
+    assert not (home / "tables").exists()

@@ -4,7 +4,7 @@ Times are UTC. ``T`` (2026-03-03 12:00) is the as-of most tests use; ``D1``/``D2
 snapshot partitions (cutoffs 2026-03-02 00:00 and 2026-03-03 00:00).
 
     event  user item type   event_time        category  where
-    e1     1    10   save   02-20 08:00       hats      batch (D1, D2)
+    e1     1    10   save   03-01 08:00       hats      batch (D1, D2)
     e2     1    20   save   03-01 09:00       bags      batch (D1, D2)
     e3     1    30   click  03-02 10:00       shoes     batch (D2); real time has a copy
                                                         saying save / WRONG (batch must win)
@@ -64,7 +64,7 @@ def event(
     }
 
 
-E1 = event("e1", 1, 10, "save", "2026-02-20T08:00:00", "hats", [0.5, 0.25], 500)
+E1 = event("e1", 1, 10, "save", "2026-03-01T08:00:00", "hats", [0.5, 0.25], 500)
 E2 = event("e2", 1, 20, "save", "2026-03-01T09:00:00", "bags", [1.0, -1.0], 2000)
 E3 = event("e3", 1, 30, "click", "2026-03-02T10:00:00", "shoes", [0.125, 2.0], 6000)
 E8 = event("e8", 1, 40, "like", "2026-03-02T11:00:00", "toys", [0.0, 0.0], 100)
@@ -84,10 +84,11 @@ ITEMS = [
 ]
 
 
-def snapshot(
-    catalog: Catalog, spec: SequenceSpec, day: date, users: dict[int, list[dict[str, Any]]]
+def stored_days(
+    catalog: Catalog, spec: SequenceSpec, users: dict[int, list[dict[str, Any]]]
 ) -> pl.DataFrame:
-    """A snapshot partition: per user the given events (newest first) as list columns."""
+    """The sequence table rows that store ``users`` (each a newest-first list of events): per
+    user and day of ``event_time``, that day's events as list columns (see ``day_rows``)."""
     elements = catalog.sequence_element_schema(spec.name)
     schema = {
         DT: pl.Date(),
@@ -95,16 +96,19 @@ def snapshot(
         "length": pl.Int32(),
         **{name: pl.List(dtype) for name, dtype in elements.items()},
     }
-    rows = [
-        {
-            DT: day,
-            "user_id": user,
-            "length": len(events),
-            **{name: [e[name] for e in events] for name in spec.stored_fields},
-        }
-        for user, events in sorted(users.items())
-    ]
-    return pl.DataFrame(rows, schema=schema, orient="row")
+    rows = []
+    for user, events in sorted(users.items()):
+        for day in sorted({e["event_time"].date() for e in events}):
+            todays = [e for e in events if e["event_time"].date() == day]
+            rows.append(
+                {
+                    DT: day,
+                    "user_id": user,
+                    "length": len(todays),
+                    **{name: [e[name] for e in todays] for name in spec.stored_fields},
+                }
+            )
+    return pl.DataFrame(rows, schema=schema, orient="row").sort(DT, "user_id")
 
 
 def write_snapshot(
@@ -114,9 +118,11 @@ def write_snapshot(
     day: date,
     users: dict[int, list[dict[str, Any]]],
 ) -> int:
+    """Store ``users`` so that the snapshot of ``day`` is exactly them; returns the version."""
     spec = catalog.sequences[sequence]
-    frame = snapshot(catalog, spec, day, users)
-    return overwrite_days(layout.sequence(spec), frame, day, day).version
+    frame = stored_days(catalog, spec, users).filter(pl.col(DT) <= day)
+    first = min([day, *frame[DT].to_list()])
+    return overwrite_days(layout.sequence(spec), frame, first, day).version
 
 
 def write_data_home(catalog: Catalog, layout: TableLayout) -> None:

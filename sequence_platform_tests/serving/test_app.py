@@ -37,11 +37,12 @@ def test_unreadable_table_bad_json_and_a_bug(
         assert ready.status_code == 503
         assert any("features table 'items'" in reason for reason in ready.json()["reasons"])
 
-        # Absent tables are fine; the unreadable feature table only blocks what needs it.
-        wait_for(client, "/v1/sequences/recent_saves/1?fields=item_id", timeout=1)
+        # Absent tables are fine; the unreadable feature table, tried and failed, is served as
+        # empty (readiness names it): no current_category for anyone, but no 503 either.
+        wait_for(client, "/v1/sequences/recent_saves/1?fields=item_id", timeout=10)
         needs_items = client.get("/v1/sequences/recent_saves/1")
-        assert needs_items.status_code == 503
-        assert "features 'items' has not been read yet" in needs_items.json()["detail"]
+        assert needs_items.status_code == 200
+        assert needs_items.json()["length"] == 0
 
         broken = client.post(
             "/v1/sequences/recent_saves/batch",

@@ -66,7 +66,10 @@ def test_served_equals_direct_computation(tmp_path: Path, catalog: Catalog) -> N
     overwrite_days(layout.sequence(spec), snapshot.with_columns(pl.lit(D2).alias(DT)), D2, D2)
     realtime_days = realtime.with_columns(pl.col("event_time").dt.date().alias(DT))
     overwrite_days(
-        layout.realtime(spec.signal), realtime_days, D2 - timedelta(3), D2 + timedelta(3)
+        layout.realtime(spec.signal),
+        realtime_days,
+        realtime_days[DT].min(),  # type: ignore[arg-type]
+        realtime_days[DT].max(),  # type: ignore[arg-type]
     )
     store = SnapshotStore(catalog, layout)
     store.refresh()

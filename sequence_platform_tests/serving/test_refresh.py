@@ -17,6 +17,7 @@ from sequence_platform_tests.serving.data_home import (
     E2,
     E3,
     E4,
+    E5,
     E6,
     E7,
     E8,
@@ -49,7 +50,11 @@ def test_new_snapshot_partition_is_served_without_restart(served: Served) -> Non
     assert (before["provenance"]["from_batch"], before["provenance"]["from_realtime"]) == (4, 3)
 
     version = write_snapshot(
-        served.catalog, served.layout, "recent_engagement", D3, {1: [E7, E6, E4, E8, E3, E2, E1]}
+        served.catalog,
+        served.layout,
+        "recent_engagement",
+        D3,
+        {1: [E7, E6, E4, E8, E3, E2, E1], 2: [E5]},
     )
     poll(served, path, lambda body: body["provenance"]["snapshot_version"] == version)
 

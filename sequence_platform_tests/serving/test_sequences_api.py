@@ -69,12 +69,12 @@ def test_snapshot_plus_tail_with_request_time_fields(served: Served) -> None:
         },
         {
             "event_id": "e1",
-            "event_time": "2026-02-20T08:00:00.000Z",
+            "event_time": "2026-03-01T08:00:00.000Z",
             "item_id": 10,
             "event_type": "save",
             "category": "hats",
             "current_category": "hats",
-            "age_seconds": (11 * 24 + 4) * 3600.0,
+            "age_seconds": (2 * 24 + 4) * 3600.0,
         },
     ]
     # e6 (a like) fails the filter; e7 at exactly T is outside the window and the watermark.
@@ -113,7 +113,7 @@ def test_columnar_with_embeddings_and_no_request_enrichment(served: Served) -> N
             "2026-03-02T11:00:00.000Z",
             "2026-03-02T10:00:00.000Z",
             "2026-03-01T09:00:00.000Z",
-            "2026-02-20T08:00:00.000Z",
+            "2026-03-01T08:00:00.000Z",
         ],
         "embedding": [[0.0, 0.5], [1.0, -1.0], [0.0, 0.0], [0.125, 2.0], [1.0, -1.0], [0.5, 0.25]],
         "dwell_bucket": [0, 1, 0, 2, 1, 0],
@@ -133,7 +133,7 @@ def test_as_of_in_the_past_uses_the_older_snapshot(served: Served) -> None:
     ] == [
         ("e3", "save", "WRONG", "shoes", 2 * 3600.0),
         ("e2", "save", "bags", "bags", 27 * 3600.0),
-        ("e1", "save", "hats", "hats", (10 * 24 + 4) * 3600.0),
+        ("e1", "save", "hats", "hats", 28 * 3600.0),
     ]
     provenance = body["provenance"]
     assert provenance["snapshot_cutoff"] == "2026-03-02T00:00:00.000Z"
@@ -239,6 +239,12 @@ def test_batch_columnar_with_list_of_fields(served: Served) -> None:
         ({"user_ids": []}, "user_ids"),
         ({"user_ids": ["x"]}, "user_ids"),
         ({"user_ids": [2**63]}, "user_ids"),
+        # User ids are JSON integers, as in the path of the single endpoint: nothing coerced.
+        ({"user_ids": ["1"]}, "body field 'user_ids.0': Input should be a valid integer"),
+        ({"user_ids": [1, 1.0]}, "body field 'user_ids.1': Input should be a valid integer"),
+        ({"user_ids": [True]}, "body field 'user_ids.0': Input should be a valid integer"),
+        ({"user_ids": [1], "max_length": "3"}, "body field 'max_length': Input should be a valid"),
+        ({"user_ids": [1], "max_length": True}, "body field 'max_length': Input should be a val"),
         ({"user_ids": [1], "max_length": 0}, "max_length must be between 1 and 50"),
         ({"user_ids": [1], "as_of": "2026-03-03"}, "no time zone"),
         ({"user_ids": [1], "fields": "nope"}, "unknown field"),
@@ -315,7 +321,8 @@ def test_health_readiness_metrics_and_docs(served: Served) -> None:
     assert 'route="unmatched",status="404"' in text
     assert "sequence_platform_http_request_duration_seconds_bucket{" in text
     assert 'sequence_platform_snapshot_rows{sequence="recent_saves"} 2.0' in text
-    assert 'sequence_platform_snapshot_table_version{sequence="recent_saves"} 1.0' in text
+    # version 0 creates the table, version 1 the first day, version 2 the second
+    assert 'sequence_platform_snapshot_table_version{sequence="recent_saves"} 2.0' in text
     assert (
         'sequence_platform_refresh_errors_total{kind="realtime",table="engagement_enriched"} 0.0'
         in text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +76,21 @@ def test_older_snapshots_are_cached_by_version_and_day(tmp_path: Path, catalog: 
     assert table.snapshot_at(datetime(2026, 3, 3, tzinfo=UTC)) is latest  # cutoff == T counts
     assert table.snapshot_at(datetime(2026, 3, 1, 23, 59, tzinfo=UTC)).day is None
 
-    # Rewriting an older day changes the version but leaves the latest partition in memory.
+    # Rewriting a day of the latest window re-reads the latest snapshot, and older ones.
     version = write_snapshot(catalog, layout, "recent_saves", D1, {1: [E2], 5: [E1]})
     assert [s.name for s in store.refresh()] == ["recent_saves"]
-    assert table.latest.frame is latest.frame and table.latest.table_version == version
+    assert table.latest.frame is not latest.frame and table.latest.table_version == version
+    assert table.latest.frame["user_id"].to_list() == [1, 2, 5]
     reread = table.snapshot_at(at)
     assert reread is not older and reread.frame["user_id"].to_list() == [1, 5]
     assert len(table.older) == 1
+
+    # A commit that leaves the latest window alone keeps the latest snapshot in memory.
+    unchanged = table.latest
+    long_ago = D1 - timedelta(days=40)
+    write_snapshot(catalog, layout, "recent_saves", long_ago, {})
+    assert [s.name for s in store.refresh()] == ["recent_saves"]
+    assert table.latest.frame is unchanged.frame
 
 
 def test_a_table_that_cannot_be_read_is_reported_and_retried(

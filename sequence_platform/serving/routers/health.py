@@ -27,13 +27,15 @@ def healthz() -> HealthResponse:
     summary="Ready to serve every sequence",
 )
 def readyz(context: Context) -> JSONResponse:
-    """200 once the catalog is loaded and every table was read at least once or is known to be
-    absent; 503 with the reasons before."""
+    """200 when every table was read at its newest version or is known to be absent; 503 with
+    the reasons before the first read and while any table cannot be read (a broken Delta log),
+    meanwhile answering from what was read before."""
     reasons = context.store.not_ready()
     tables = [
         TableReadiness(
             kind=t.status.kind,
             name=t.status.name,
+            uri=t.status.uri,
             loaded=t.status.loaded,
             version=t.status.version,
             rows=t.status.rows,
