@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import sys
 import time
@@ -165,6 +166,7 @@ def _materialize(args: argparse.Namespace) -> int:
     from sequence_platform.orchestration import build_definitions
     from sequence_platform.orchestration.orphans import fail_orphaned_runs
     from sequence_platform.orchestration.runner import (
+        PROGRESS_LOGGER,
         RANGE_END_TAG,
         RANGE_START_TAG,
         AssetRun,
@@ -212,6 +214,11 @@ def _materialize(args: argparse.Namespace) -> int:
         if run.error:
             print(f"    {run.error}", file=sys.stderr)
 
+    shown = logging.StreamHandler(sys.stdout)
+    shown.setFormatter(logging.Formatter("    %(message)s"))
+    shown.setLevel(logging.INFO)
+    logging.getLogger(PROGRESS_LOGGER).addHandler(shown)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
     with dg.DagsterInstance.get() as instance:
         for orphan in fail_orphaned_runs(instance):
             print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 
 import dagster as dg
 import polars as pl
@@ -116,18 +115,18 @@ def ordering_check(
 
 
 def combine(
-    per_day: Sequence[tuple[date, list[dg.AssetCheckResult]]],
+    per_chunk: Sequence[tuple[str, list[dg.AssetCheckResult]]],
 ) -> list[dg.AssetCheckResult]:
-    """One result per check for a range checked day by day: it passes when every day passed,
-    its counts are summed over the days, and the days that failed are named."""
-    by_name: dict[str, list[tuple[date, dg.AssetCheckResult]]] = {}
-    for day, results in per_day:
+    """One result per check for a range checked a chunk of days at a time: it passes when
+    every chunk passed, its counts are summed, and the days that failed are named."""
+    by_name: dict[str, list[tuple[str, dg.AssetCheckResult]]] = {}
+    for days, results in per_chunk:
         for result in results:
-            by_name.setdefault(str(result.check_name), []).append((day, result))
+            by_name.setdefault(str(result.check_name), []).append((days, result))
     return [_combined(results) for results in by_name.values()]
 
 
-def _combined(days: list[tuple[date, dg.AssetCheckResult]]) -> dg.AssetCheckResult:
+def _combined(days: list[tuple[str, dg.AssetCheckResult]]) -> dg.AssetCheckResult:
     results = [result for _, result in days]
     failed = [result for result in results if not result.passed]
     metadata: dict[str, dg.RawMetadataValue] = {}
@@ -139,8 +138,7 @@ def _combined(days: list[tuple[date, dg.AssetCheckResult]]) -> dg.AssetCheckResu
                 metadata[name] = previous + raw
             elif previous is None or (failed and result is failed[0]):
                 metadata[name] = raw if not isinstance(raw, dict) else dg.MetadataValue.json(raw)
-    metadata["days_checked"] = len(results)
-    metadata["failed_days"] = ", ".join(str(day) for day, r in days if not r.passed) or "none"
+    metadata["failed_days"] = ", ".join(day for day, r in days if not r.passed) or "none"
     return dg.AssetCheckResult(
         check_name=results[0].check_name,
         passed=not failed,

@@ -1,8 +1,8 @@
-"""Materializing ranges of days through Dagster's own execution, one run per asset.
+"""Materializing ranges of days through Dagster's own execution, in one run.
 
-A run covers a whole partition range (as a single-run backfill does), so the demo and tests
-exercise exactly what a backfill launched from the UI runs, and each asset's run is recorded
-on the instance for the UI to show.
+A run covers a whole partition range of every selected asset (as a single-run backfill of
+them does), so the demo and tests exercise exactly what a backfill launched from the UI runs,
+and the run is recorded on the instance for the UI to show.
 """
 
 from collections.abc import Callable, Sequence
@@ -13,6 +13,8 @@ import dagster as dg
 
 from sequence_platform.orchestration.orphans import PROCESS_TAG, this_process
 
+PROGRESS_LOGGER = "sequence_platform.progress"
+"""Assets log a line here for each chunk of days they write."""
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -49,27 +51,25 @@ def materialize_days(
     raise_on_error: bool = True,
     log_level: str = "WARNING",
 ) -> list[AssetRun]:
-    """Materialize ``keys`` (default: all, in dependency order) for days ``start..end``."""
-    job = defs.resolve_implicit_global_asset_job_def()
-    runs: list[AssetRun] = []
-    for key in keys or computed_asset_keys(defs):
-        result = job.execute_in_process(
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            instance=instance,
-            asset_selection=[key],
-            tags={
-                RANGE_START_TAG: start.isoformat(),
-                RANGE_END_TAG: end.isoformat(),
-                PROCESS_TAG: this_process(),
-            },
-            raise_on_error=raise_on_error,
-        )
-        run = _summarize(key, result)
-        runs.append(run)
-        if progress is not None:
+    """Materialize ``keys`` (default: all) for days ``start..end`` in one run, each asset
+    after those it reads. Returns one summary per asset, in dependency order."""
+    selected = keys or computed_asset_keys(defs)
+    order = [key for key in computed_asset_keys(defs) if key in set(selected)]
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=instance,
+        asset_selection=order,
+        tags={
+            RANGE_START_TAG: start.isoformat(),
+            RANGE_END_TAG: end.isoformat(),
+            PROCESS_TAG: this_process(),
+        },
+        raise_on_error=raise_on_error,
+    )
+    runs = [_summarize(key, result) for key in order]
+    if progress is not None:
+        for run in runs:
             progress(run)
-        if not run.success:
-            break
     return runs
 
 
@@ -82,23 +82,28 @@ def _summarize(key: dg.AssetKey, result: dg.ExecuteInProcessResult) -> AssetRun:
     failed: list[str] = []
     warnings: list[str] = []
     for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed:
+        if evaluation.asset_key == key and not evaluation.passed:
             severe = evaluation.severity == dg.AssetCheckSeverity.ERROR
             (failed if severe else warnings).append(evaluation.check_name)
+    error = _failure_message(result, key)
+    if not materializations and error is None and not result.success:
+        error = "not run: an asset it reads failed"
     return AssetRun(
         key,
         result.run_id,
-        result.success,
+        bool(materializations) and error is None,
         int(rows),
         float(seconds),
         failed,
         warnings,
-        _failure_message(result),
+        error,
     )
 
 
-def _failure_message(result: dg.ExecuteInProcessResult) -> str | None:
+def _failure_message(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> str | None:
     for event in result.get_step_failure_events():
+        if event.step_key != _node_name(key):
+            continue
         failure = event.step_failure_data
         if failure.user_failure_data is not None and failure.user_failure_data.description:
             return failure.user_failure_data.description

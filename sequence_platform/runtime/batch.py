@@ -1,33 +1,37 @@
-"""The batch steps behind the Dagster assets: read, call the engine, write one day.
+"""The batch steps behind the Dagster assets: read, call the engine, write a range of days.
 
 Plain functions with no Dagster in them, so that an asset body stays a few lines and the same
-step can be run from a test or a script. Each step owns the day it is given: it rewrites
-exactly that partition, so running it again gives the same table. A range is run a day at a
-time, each day written as soon as it is computed, so memory follows one day's volume.
+step can be run from a test or a script. Each step owns the days it is given: it rewrites
+exactly those partitions, so running it again gives the same table. A long range is run in
+chunks of whole days (``plan_chunks``), each written as soon as it is computed, so memory
+follows a chunk's volume, never the number of days.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
-from sequence_platform.engine.decode import ORIGIN
-from sequence_platform.engine.sequence import day_rows
+from sequence_platform.engine.decode import ORIGIN, DecodedEvents
+from sequence_platform.engine.sequence import day_rows, empty_snapshot
 from sequence_platform.engine.signal import build_signal as enrich_events
 from sequence_platform.engine.signal import deduplicate_events
-from sequence_platform.ingest.landing import read_landing_day
+from sequence_platform.ingest.landing import landing_files, read_landing_day
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
     DT,
     WriteStats,
+    day_range,
     delete_keys,
     open_table,
     overwrite_days,
+    records_per_day,
     scan_days,
 )
 from sequence_platform.storage.layout import TableLayout
@@ -48,21 +52,58 @@ class StepOutcome:
     extra: dict[str, int | float | str] = field(default_factory=dict)
 
 
-def build_events(ctx: BatchContext, source: str, day: date) -> StepOutcome:
-    """Validated, de-duplicated events of ``source`` for the day: the landing files and the
+CHUNK_ROWS = 1_000_000
+"""Most rows a step holds in memory at once: a range is computed and written in chunks of
+whole days up to this many input rows (a day larger than this is a chunk of its own)."""
+LANDING_BYTES_PER_ROW = 30
+"""A conservative guess at a landing row's size on disk, to plan chunks before reading."""
+
+
+def plan_chunks(
+    rows_per_day: Mapping[date, int], start: date, end: date, budget: int = CHUNK_ROWS
+) -> list[tuple[date, date]]:
+    """Consecutive chunks of whole days covering ``start..end``, each holding at most
+    ``budget`` rows unless one day alone holds more."""
+    chunks: list[tuple[date, date]] = []
+    first, rows = start, 0
+    for day in day_range(start, end):
+        size = rows_per_day.get(day, 0)
+        if rows and rows + size > budget:
+            chunks.append((first, day - timedelta(days=1)))
+            first, rows = day, 0
+        rows += size
+    chunks.append((first, end))
+    return chunks
+
+
+def input_rows(ctx: BatchContext, kind: str, name: str, start: date, end: date) -> dict[date, int]:
+    """Rows each day of the range reads, for ``plan_chunks``: from the landing files' sizes for
+    events and features, from the Delta log's record counts for signals and sequences."""
+    if kind in ("events", "features"):
+        return {
+            day: sum(path.stat().st_size for path in landing_files(ctx.home, name, day))
+            // LANDING_BYTES_PER_ROW
+            for day in day_range(start, end)
+        }
+    if kind == "signals":
+        upstream = ctx.layout.events(ctx.catalog.signals[name].source)
+    else:
+        upstream = ctx.layout.signals(ctx.catalog.sequences[name].signal)
+    return records_per_day(upstream, start, end, ctx.layout.storage_options)
+
+
+def build_events(ctx: BatchContext, source: str, start: date, end: date) -> StepOutcome:
+    """Validated, de-duplicated events of ``source`` for the days: the landing files and the
     stream archive, the landing copy winning. Landing rejects go to dead letters."""
     schema = ctx.catalog.event_schema(source)
-    decoded = read_landing_day(
-        ctx.home,
-        source,
-        day,
-        schema,
-        required=tuple(REQUIRED_EVENT_FIELDS),
-        time_field="event_time",
-    )
-    landed = decoded.valid.drop(ORIGIN)
+    required = tuple(REQUIRED_EVENT_FIELDS)
+    decoded = [
+        read_landing_day(ctx.home, source, day, schema, required=required, time_field="event_time")
+        for day in day_range(start, end)
+    ]
+    landed = pl.concat([d.valid for d in decoded], how="vertical_relaxed").drop(ORIGIN)
     streamed = scan_days(
-        ctx.layout.stream_archive(source), schema, day, day, ctx.layout.storage_options
+        ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
     ).drop(DT)
     events = (
         deduplicate_events(landed.lazy(), streamed)
@@ -70,17 +111,12 @@ def build_events(ctx: BatchContext, source: str, day: date) -> StepOutcome:
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    dead = _landing_dead_letters(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
-    stats = overwrite_days(ctx.layout.events(source), events, day, day, ctx.layout.storage_options)
-    # The stream's dead letters share the table; a landing day replaces only its own.
-    overwrite_days(
-        ctx.layout.dead_letters(source),
-        dead,
-        day,
-        day,
-        ctx.layout.storage_options,
-        only_where=f"{CHANNEL} = 'landing'",
+    dead = _landing_dead_letters(decoded, start, end)
+    stats = overwrite_days(
+        ctx.layout.events(source), events, start, end, ctx.layout.storage_options
     )
+    # The stream's dead letters share the table; a landing day replaces only its own.
+    _write_dead_letters(ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'")
     from_stream = events.filter(~pl.col("event_id").is_in(landed["event_id"].implode())).height
     return StepOutcome(
         events,
@@ -93,38 +129,66 @@ def build_events(ctx: BatchContext, source: str, day: date) -> StepOutcome:
     )
 
 
-def _landing_dead_letters(rejected: pl.DataFrame) -> pl.DataFrame:
-    return rejected.with_columns(
-        pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
-    ).select(DEAD_LETTER_COLUMNS)
+def _landing_dead_letters(decoded: list[DecodedEvents], start: date, end: date) -> pl.DataFrame:
+    rejected = [
+        part.rejected.with_columns(pl.lit(day).alias(DT))
+        for day, part in zip(day_range(start, end), decoded, strict=True)
+    ]
+    return (
+        pl.concat(rejected, how="vertical_relaxed")
+        .with_columns(
+            pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
+        )
+        .select(DEAD_LETTER_COLUMNS)
+    )
 
 
-def build_features(ctx: BatchContext, table: str, day: date) -> StepOutcome:
-    """Validated feature versions of ``table`` whose as-of time falls on the day."""
+def _write_dead_letters(
+    ctx: BatchContext,
+    name: str,
+    dead: pl.DataFrame,
+    start: date,
+    end: date,
+    *,
+    only_where: str | None = None,
+) -> None:
+    """Replace the days' dead letters; no commit at all when there were none and are none."""
+    uri = ctx.layout.dead_letters(name)
+    if dead.is_empty() and not any(records_per_day(uri, start, end, ctx.layout.storage_options)):
+        return
+    overwrite_days(uri, dead, start, end, ctx.layout.storage_options, only_where=only_where)
+
+
+def build_features(ctx: BatchContext, table: str, start: date, end: date) -> StepOutcome:
+    """Validated feature versions of ``table`` whose as-of time falls on the days."""
     spec = ctx.catalog.feature_tables[table]
     schema = ctx.catalog.feature_schema(table)
-    decoded = read_landing_day(
-        ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
-    )
+    decoded = [
+        read_landing_day(
+            ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
+        )
+        for day in day_range(start, end)
+    ]
     rows = (
-        decoded.valid.drop(ORIGIN)
+        pl.concat([d.valid for d in decoded], how="vertical_relaxed")
+        .drop(ORIGIN)
         .with_columns(pl.col(spec.as_of).dt.date().alias(DT))
         .sort(DT, spec.key, spec.as_of)
     )
-    stats = overwrite_days(ctx.layout.features(table), rows, day, day, ctx.layout.storage_options)
-    dead = _landing_dead_letters(decoded.rejected.with_columns(pl.lit(day).alias(DT)))
-    overwrite_days(ctx.layout.dead_letters(table), dead, day, day, ctx.layout.storage_options)
+    stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
+    dead = _landing_dead_letters(decoded, start, end)
+    _write_dead_letters(ctx, table, dead, start, end)
     return StepOutcome(rows, stats, {"dead_letters": dead.height})
 
 
-def build_signal(ctx: BatchContext, signal: str, day: date) -> StepOutcome:
-    """Signal rows for the day, enriched from every feature version up to the day's end."""
+def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:
+    """Signal rows for the days, enriched from every feature version up to the last day."""
     spec = ctx.catalog.signals[signal]
     events = scan_days(
         ctx.layout.events(spec.source),
         ctx.catalog.event_schema(spec.source),
-        day,
-        day,
+        start,
+        end,
         ctx.layout.storage_options,
     )
     features = {
@@ -132,7 +196,7 @@ def build_signal(ctx: BatchContext, signal: str, day: date) -> StepOutcome:
             ctx.layout.features(enrichment.table),
             ctx.catalog.feature_schema(enrichment.table),
             None,
-            day,
+            end,
             ctx.layout.storage_options,
         ).drop(DT)
         for enrichment in spec.enrich
@@ -143,24 +207,35 @@ def build_signal(ctx: BatchContext, signal: str, day: date) -> StepOutcome:
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    stats = overwrite_days(ctx.layout.signals(signal), rows, day, day, ctx.layout.storage_options)
+    stats = overwrite_days(ctx.layout.signals(signal), rows, start, end, ctx.layout.storage_options)
     return StepOutcome(rows, stats)
 
 
-def build_sequence(ctx: BatchContext, sequence: str, day: date) -> StepOutcome:
-    """What the day adds to the sequence (see ``engine.day_rows``): the day's own signal only,
-    so a day costs the same whatever the lookback."""
+def build_sequence(ctx: BatchContext, sequence: str, start: date, end: date) -> StepOutcome:
+    """What each day adds to the sequence (see ``engine.day_rows``): each day from its own
+    signal only, so a day costs the same whatever the lookback."""
     spec = ctx.catalog.sequences[sequence]
     signal = scan_days(
         ctx.layout.signals(spec.signal),
         ctx.catalog.signal_schema(spec.signal),
-        day,
-        day,
+        start,
+        end,
         ctx.layout.storage_options,
-    ).drop(DT)
-    rows = day_rows(signal, spec, day).collect().select(pl.lit(day).alias(DT), pl.all())
-    stats = overwrite_days(ctx.layout.sequence(spec), rows, day, day, ctx.layout.storage_options)
-    return StepOutcome(rows, stats)
+    ).collect()
+    days = [
+        day_rows(rows.drop(DT).lazy(), spec, day).with_columns(pl.lit(day).alias(DT))
+        for (day,), rows in signal.partition_by(DT, as_dict=True, maintain_order=True).items()
+    ]
+    schema = empty_snapshot(spec, ctx.catalog).collect_schema()
+    written = (
+        pl.concat(pl.collect_all(days), how="vertical")
+        if days
+        else pl.DataFrame(schema={DT: pl.Date(), **dict(schema)})
+    ).select(DT, *schema)
+    stats = overwrite_days(
+        ctx.layout.sequence(spec), written, start, end, ctx.layout.storage_options
+    )
+    return StepOutcome(written, stats)
 
 
 def prune_realtime(ctx: BatchContext, signal: str) -> int:

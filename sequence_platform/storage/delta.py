@@ -179,6 +179,26 @@ def partition_files(table: DeltaTable, start: date, end: date) -> tuple[int, int
     return mine.height, int(mine["size_bytes"].sum())
 
 
+def records_per_day(
+    uri: str, start: date, end: date, storage_options: dict[str, str] | None = None
+) -> dict[date, int]:
+    """Rows each day of ``start..end`` holds, from the Delta log alone (no data file is read);
+    days without rows are left out."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        return {}
+    actions = pl.DataFrame(table.get_add_actions(flatten=True))
+    if actions.is_empty():
+        return {}
+    column = f"partition.{DT}"
+    counts = (
+        actions.filter(pl.col(column).is_between(start, end))
+        .group_by(column)
+        .agg(pl.col("num_records").sum())
+    )
+    return {day: int(rows) for day, rows in counts.iter_rows() if rows}
+
+
 def scan_days(
     uri: str,
     schema: pl.Schema,
