@@ -110,14 +110,24 @@ def explode_snapshot(snapshot: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame
     return snapshot.select("user_id", *spec.stored_fields).explode(spec.stored_fields)
 
 
-def day_rows(signal: pl.LazyFrame, spec: SequenceSpec, day: date) -> pl.LazyFrame:
-    """What day ``D`` adds to the sequence: per user, the newest ``max_length`` rows of the day
-    that pass ``S.filter``, in the snapshot layout. This is what a sequence table stores.
+def day_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
+    """What each day adds to the sequence; this is what a sequence table stores.
 
-    Nothing that matters is lost by the cut: a row beyond the day's newest ``max_length`` has
-    that many newer rows of the same user and day, which stay in every window it is in.
+    Per day of ``event_time`` (column ``dt``) and user: the newest ``max_length`` rows of the
+    day that pass ``S.filter``, in the snapshot layout, ordered by day then user. Nothing that
+    matters is lost by the cut: a row beyond its day's newest ``max_length`` has that many
+    newer rows of the same user and day, which stay in every window it is in.
     """
-    return assemble_snapshot(sequence_rows(signal, spec), spec, snapshot_cutoff(day))
+    limit = spec.max_length
+    columns, descending = NEWEST_FIRST
+    rows = sequence_rows(signal, spec).with_columns(pl.col("event_time").dt.date().alias(DAY))
+    ordered = rows.unique(subset=[DAY, "event_id"], keep="first", maintain_order=True).sort(
+        [DAY, "user_id", *columns], descending=[False, False, *descending]
+    )
+    return ordered.group_by(DAY, "user_id", maintain_order=True).agg(
+        pl.len().clip(upper_bound=limit).cast(pl.Int32).alias(LENGTH),
+        *(pl.col(f).head(limit) for f in spec.stored_fields),
+    )
 
 
 def combine_days(

@@ -16,15 +16,9 @@ def deduplicate_events(*frames_by_priority: pl.LazyFrame) -> pl.LazyFrame:
 
     Callers pass landing-zone events before stream events: the landing copy is the corrected one.
     """
-    ranked = [
-        frame.with_row_index("__row").with_columns(pl.lit(rank, dtype=pl.UInt32).alias("__rank"))
-        for rank, frame in enumerate(frames_by_priority)
-    ]
-    return (
-        pl.concat(ranked, how="vertical_relaxed")
-        .sort("__rank", "__row")
-        .unique(subset="event_id", keep="first", maintain_order=True)
-        .drop("__rank", "__row")
+    # Concatenation keeps frame order, then row order: the first copy is the one that wins.
+    return pl.concat(frames_by_priority, how="vertical_relaxed").filter(
+        pl.col("event_id").is_first_distinct()
     )
 
 

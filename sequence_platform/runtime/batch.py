@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from sequence_platform.engine.decode import ORIGIN, DecodedEvents
-from sequence_platform.engine.sequence import day_rows, empty_snapshot
+from sequence_platform.engine.sequence import day_rows
 from sequence_platform.engine.signal import build_signal as enrich_events
 from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.ingest.landing import landing_files, read_landing_day
@@ -52,7 +52,7 @@ class StepOutcome:
     extra: dict[str, int | float | str] = field(default_factory=dict)
 
 
-CHUNK_ROWS = 1_000_000
+CHUNK_ROWS = 300_000
 """Most rows a step holds in memory at once: a range is computed and written in chunks of
 whole days up to this many input rows (a day larger than this is a chunk of its own)."""
 LANDING_BYTES_PER_ROW = 30
@@ -221,17 +221,8 @@ def build_sequence(ctx: BatchContext, sequence: str, start: date, end: date) -> 
         start,
         end,
         ctx.layout.storage_options,
-    ).collect()
-    days = [
-        day_rows(rows.drop(DT).lazy(), spec, day).with_columns(pl.lit(day).alias(DT))
-        for (day,), rows in signal.partition_by(DT, as_dict=True, maintain_order=True).items()
-    ]
-    schema = empty_snapshot(spec, ctx.catalog).collect_schema()
-    written = (
-        pl.concat(pl.collect_all(days), how="vertical")
-        if days
-        else pl.DataFrame(schema={DT: pl.Date(), **dict(schema)})
-    ).select(DT, *schema)
+    ).drop(DT)
+    written = day_rows(signal, spec).collect()
     stats = overwrite_days(
         ctx.layout.sequence(spec), written, start, end, ctx.layout.storage_options
     )

@@ -224,7 +224,7 @@ def test_stored_days_combine_into_the_one_shot_snapshot_at_every_cutoff(
     for day in range(DAYS):
         today = (BASE + timedelta(days=day)).date()
         todays = signal.filter(pl.col("event_time").dt.date() == today)
-        stored.append(day_rows(todays.lazy(), spec, today).collect().with_columns(dt=today))
+        stored.append(day_rows(todays.lazy(), spec).collect())
         cutoff = BASE + timedelta(days=day + 1)
         first, last = stored_days(spec, cutoff)
         window = pl.concat(stored).filter(pl.col("dt").is_between(first, last))

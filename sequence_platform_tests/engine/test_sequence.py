@@ -211,7 +211,7 @@ def test_stored_days_combine_into_the_snapshot_of_all_rows_at_once() -> None:
     for day, expected in EXPECTED_BY_DAY.items():
         today = utc(day).date()
         todays = everything.filter(pl.col("event_time").dt.date() == today)
-        stored.append(day_rows(todays, ADVANCING_SPEC, today).collect().with_columns(dt=today))
+        stored.append(day_rows(todays, ADVANCING_SPEC).collect())
         cutoff = utc(f"{day}T00:00:00") + timedelta(days=1)
         first, last = stored_days(ADVANCING_SPEC, cutoff)
         window = pl.concat(stored).filter(pl.col("dt").is_between(first, last)).lazy()
@@ -227,8 +227,9 @@ def test_a_stored_day_keeps_only_the_newest_rows_of_each_user() -> None:
         *ADVANCING_ROWS[1:3],
         (2, "t2", "2026-03-02T23:59:59.999", 7, "click"),
     )
-    stored = day_rows(rows, ADVANCING_SPEC, utc("2026-03-02").date()).collect()
-    assert event_ids_by_user(stored) == {1: ["s3", "s2"], 2: ["t2"]}
+    stored = day_rows(rows, ADVANCING_SPEC).collect()
+    assert stored["dt"].cast(pl.String).to_list() == ["2026-03-02", "2026-03-02"]
+    assert event_ids_by_user(stored.drop("dt")) == {1: ["s3", "s2"], 2: ["t2"]}
 
 
 def test_stored_days_of_a_read_stop_before_its_own_day() -> None:
