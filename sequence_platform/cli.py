@@ -1,5 +1,5 @@
-"""The ``sequence-platform`` command: demo, generate, materialize, produce, index, serve,
-validate."""
+"""The ``sequence-platform`` command: demo, generate, materialize, produce, index,
+training-set, serve, validate."""
 
 from __future__ import annotations
 
@@ -105,15 +105,46 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--max-batch", type=int, default=10_000, help="messages per micro-batch")
     index.set_defaults(command=_index)
 
+    training = commands.add_parser(
+        "training-set",
+        help="point-in-time training rows: each spine row's sequences at its ts",
+    )
+    training.add_argument(
+        "--sequence",
+        action="append",
+        required=True,
+        help="sequence to add (repeatable; columns are prefixed '<name>__' when several)",
+    )
+    training.add_argument(
+        "--spine",
+        required=True,
+        help="Parquet file (or glob) or Delta table URI with user_id, ts and any labels",
+    )
+    training.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    training.set_defaults(command=_training_set)
+
     serve = commands.add_parser("serve", help="run the HTTP read service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=_at_least_one,
+        default=1,
+        help="worker processes (default 1); they share one copy of each snapshot in memory",
+    )
     serve.set_defaults(command=_serve)
 
     validate = commands.add_parser("validate", help="check the definitions and explain mistakes")
     validate.add_argument("folder", nargs="?", type=Path, help="default: the definitions package")
     validate.set_defaults(command=_validate)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -371,10 +402,46 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_set(args: argparse.Namespace) -> int:
+    from sequence_platform.runtime.training import InvalidSpine, read_spine, training_set
+    from sequence_platform.storage.layout import TableLayout
+
+    settings = PlatformSettings()
+    catalog = load_catalog(settings.definitions)
+    unknown = [name for name in args.sequence if name not in catalog.sequences]
+    if unknown:
+        known = ", ".join(catalog.sequences)
+        print(f"Unknown sequence {', '.join(unknown)}; the sequences are: {known}", file=sys.stderr)
+        return 2
+    layout = TableLayout(settings.tables_root, dict(settings.storage_options))
+    began = time.perf_counter()
+    try:
+        spine = read_spine(args.spine, dict(settings.storage_options))
+        result = training_set(spine, args.sequence, catalog=catalog, layout=layout)
+    except InvalidSpine as error:
+        print(f"The spine {args.spine} cannot be used: {error}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.rows.write_parquet(args.out)
+    print(
+        f"Wrote {result.rows.height:,} training rows ({', '.join(args.sequence)} as of each "
+        f"spine row's ts) to {args.out} in {time.perf_counter() - began:.1f}s."
+    )
+    if result.rejected.height:
+        rejected = args.out.with_name(f"{args.out.stem}.rejected.parquet")
+        result.rejected.write_parquet(rejected)
+        print(
+            f"{result.rejected.height:,} spine rows could not be answered (no user_id or ts); "
+            f"they are in {rejected} with the reason.",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sequence_platform.serving.app import serve
 
-    serve(PlatformSettings(), host=args.host, port=args.port)
+    serve(PlatformSettings(), host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

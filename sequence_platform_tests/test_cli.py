@@ -31,7 +31,7 @@ def test_validate_lists_the_example_definitions() -> None:
     result = run_cli("validate")
     assert result.returncode == 0, result.stderr
     assert "sequence       recent_saves" in result.stdout
-    assert "5 definitions are valid." in result.stdout
+    assert "6 definitions are valid." in result.stdout
 
 
 def test_validate_explains_a_mistake(tmp_path: Path) -> None:
@@ -86,6 +86,7 @@ def test_generate_then_materialize_through_dagster(tmp_path: Path) -> None:
         "signals/engagement_enriched",
         "sequences/recent_engagement",
         "sequences/recent_saves",
+        "training/saves_training",
     ]
     snapshots = pl.read_delta(str(tmp_path / "home/tables/sequences/recent_saves/v1"))
     assert sorted(snapshots["dt"].unique().cast(pl.String)) == ["2026-03-01", "2026-03-02"]

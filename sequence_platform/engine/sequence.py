@@ -150,6 +150,68 @@ def stored_days(spec: SequenceSpec, at: datetime) -> tuple[date, date]:
     return (at - timedelta(days=spec.lookback_days)).date(), at.date() - timedelta(days=1)
 
 
+def sequences_at(
+    rows: pl.LazyFrame,
+    queries: pl.LazyFrame,
+    spec: SequenceSpec,
+    *,
+    at: str,
+    max_length: int | None = None,
+) -> pl.LazyFrame:
+    """The sequence of each query's user at the query's own instant (column ``at``).
+
+    ``rows`` are event rows (``user_id`` and the stored fields) that passed ``S.filter``, one
+    per event id (merged by priority beforehand). One row per query comes back, in query
+    order: the query's columns, then ``length`` and one list column per stored field (empty
+    for a user with nothing in the window). Instants are compared at millisecond precision,
+    the upper bound exclusive (``at`` is rounded up to a whole millisecond, which is exact for
+    millisecond event times).
+    """
+    limit = max_length or spec.max_length
+    columns, descending = NEWEST_FIRST
+    indexed = rows.with_row_index(_ROW)
+    moment = pl.col(_AT)
+    window = (pl.col("event_time") < moment) & (
+        pl.col("event_time") >= moment - pl.duration(days=spec.lookback_days)
+    )
+    asked = queries.with_row_index(_QUERY).with_columns(_ceil_to_millisecond(pl.col(at)).alias(_AT))
+    picked = (
+        asked.select(_QUERY, "user_id", _AT)
+        .join(indexed.select(_ROW, "user_id", *columns), on="user_id", how="inner")
+        .filter(window)
+        .sort([_QUERY, *columns], descending=[False, *descending])
+        .group_by(_QUERY, maintain_order=True)
+        .head(limit)
+        .select(_QUERY, _ROW)
+    )
+    lists = (
+        picked.join(indexed.drop("user_id"), on=_ROW, how="left", maintain_order="left")
+        .group_by(_QUERY, maintain_order=True)
+        .agg(pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields))
+    )
+    schema = indexed.collect_schema()
+    return (
+        asked.join(lists, on=_QUERY, how="left", maintain_order="left")
+        .with_columns(
+            pl.col(LENGTH).fill_null(0),
+            *(
+                pl.col(f).fill_null(pl.lit([], dtype=pl.List(schema[f])))
+                for f in spec.stored_fields
+            ),
+        )
+        .drop(_QUERY, _AT)
+    )
+
+
+_ROW, _QUERY, _AT = "__row", "__query", "__at"
+
+
+def _ceil_to_millisecond(moment: pl.Expr) -> pl.Expr:
+    """``moment`` as a millisecond UTC timestamp, rounded up (``t < T`` iff ``t < ceil(T)``)."""
+    micros = moment.dt.convert_time_zone("UTC").dt.cast_time_unit("us").cast(pl.Int64)
+    return ((micros + 999) // 1000).cast(TIMESTAMP)
+
+
 def empty_snapshot(spec: SequenceSpec, catalog: Catalog) -> pl.LazyFrame:
     elements = catalog.sequence_element_schema(spec.name)
     schema: dict[str, pl.DataType] = {"user_id": pl.Int64(), LENGTH: pl.Int32()}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -217,9 +218,10 @@ def generate_days(config: GenerationConfig) -> Iterator[LandingDay]:
 def write_landing(
     days: Iterable[LandingDay], home: Path, progress: Progress | None = None
 ) -> GenerationSummary:
-    """Replace ``<home>/landing/engagement`` and ``<home>/landing/items`` with ``days``."""
+    """Replace ``<home>/landing/engagement``, ``<home>/landing/items`` and the training spine
+    ``<home>/landing/labels`` with ``days``."""
     landing = Path(home) / "landing"
-    for table in ("engagement", "items"):
+    for table in ("engagement", "items", LABELS):
         shutil.rmtree(landing / table, ignore_errors=True)
     files: list[Path] = []
     count = events = duplicates = malformed = item_versions = 0
@@ -237,6 +239,11 @@ def write_landing(
             )
             files.append(jsonl)
         files.append(_write_parquet(day.items, items_dir / "part-00000.parquet"))
+        labels_dir = landing / LABELS / partition
+        labels_dir.mkdir(parents=True)
+        labels = impression_labels(pl.from_arrow(day.engagement))  # type: ignore[arg-type]
+        labels.write_parquet(labels_dir / "part-00000.parquet")
+        files.append(labels_dir / "part-00000.parquet")
         count += 1
         events += day.events
         duplicates += day.duplicates
@@ -390,6 +397,32 @@ def _day_events(
     in_day = np.minimum(events.time_ms + offsets, DAY_MS - 1)
     events = _with_times(events, _day_start_ms(day) + in_day)
     return rng, events.take(np.argsort(events.time_ms, kind="stable"))
+
+
+LABELS = "labels"
+"""The landing folder of the demo's training spine."""
+
+
+def impression_labels(engagement: pl.DataFrame) -> pl.DataFrame:
+    """A training spine from a day of events: one row per impression (``user_id``, ``ts``,
+    ``item_id``), labelled 1 when the user saved or clicked that item later that day."""
+    valid = engagement.drop_nulls(["user_id", "event_time", "event_type"])
+    engaged = (
+        valid.filter(pl.col("event_type").is_in(["save", "click"]))
+        .group_by("user_id", "item_id")
+        .agg(pl.col("event_time").max().alias("__last"))
+    )
+    return (
+        valid.filter(pl.col("event_type") == "impression")
+        .unique("event_id", keep="first", maintain_order=True)
+        .join(engaged, on=["user_id", "item_id"], how="left", maintain_order="left")
+        .select(
+            "user_id",
+            pl.col("event_time").alias("ts"),
+            "item_id",
+            (pl.col("__last") > pl.col("event_time")).fill_null(False).cast(pl.Int8).alias("label"),
+        )
+    )
 
 
 def _landing_day(

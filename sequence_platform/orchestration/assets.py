@@ -28,12 +28,13 @@ from sequence_platform.runtime.batch import (
     build_features,
     build_sequence,
     build_signal,
+    build_training,
     input_rows,
     plan_chunks,
     prune_realtime,
 )
 from sequence_platform.spec.catalog import Catalog
-from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
+from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec, TrainingSetSpec
 from sequence_platform.spec.types import type_name_of
 
 progress = logging.getLogger(PROGRESS_LOGGER)
@@ -294,7 +295,65 @@ def build_assets(
 
     for sequence in catalog.sequences.values():
         found.append(_sequence_asset(catalog, sequence, partitions, platform))
+    for training in catalog.training_sets.values():
+        found.append(
+            dg.AssetSpec(
+                landing_key(training.spine),
+                group_name="landing",
+                description=(
+                    f"Spine of training set '{training.name}': labelled instants (user_id, ts, "
+                    f"labels...) in landing/{training.spine}/dt=YYYY-MM-DD/*.parquet."
+                ),
+                partitions_def=partitions,
+            )
+        )
+        found.append(_training_asset(catalog, training, partitions, platform))
     return found
+
+
+def training_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["training", name])
+
+
+def _training_asset(
+    catalog: Catalog,
+    spec: TrainingSetSpec,
+    partitions: dg.PartitionsDefinition,
+    platform: PlatformResource,
+) -> dg.AssetsDefinition:
+    sequences = [catalog.sequences[name] for name in spec.sequences]
+    earlier = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+    def training_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
+        lengths = [f"{spec.prefix(s.name)}length" for s in sequences]
+        return [
+            checks.required_check(written, ["user_id", "ts", *lengths]),
+            checks.rows_check(written),
+        ]
+
+    return _daily_asset(
+        training_key(spec.name),
+        group="training",
+        description=(
+            f"{spec.description}\n\nOne row per row of spine '{spec.spine}' whose ts falls "
+            f"on the day: the spine's columns, then {', '.join(spec.sequences)} at ts "
+            "(exclusive), exactly as the API would have answered at that instant. Spine rows "
+            f"without user_id or ts go to dead_letters/{spec.name} with the reason."
+        ).strip(),
+        partitions=partitions,
+        deps=[
+            landing_key(spec.spine),
+            *{signal_key(s.signal) for s in sequences},
+            *(dg.AssetDep(sequence_key(s.name), partition_mapping=earlier) for s in sequences),
+        ],
+        schema=pl.Schema({"user_id": pl.Int64(), "ts": pl.Datetime("us", "UTC")}),
+        table_uri=platform.layout.training(spec.name),
+        check_names=[checks.REQUIRED, checks.ROWS],
+        catalog=catalog,
+        builder=build_training,
+        name=spec.name,
+        checker=training_checks,
+    )
 
 
 def _sequence_asset(

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import polars as pl
 
-from sequence_platform.engine.decode import ORIGIN, DecodedEvents
+from sequence_platform.engine.decode import ORIGIN, REASON, RECORD, DecodedEvents
 from sequence_platform.engine.sequence import day_rows
 from sequence_platform.engine.signal import build_signal as enrich_events
 from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.ingest.landing import landing_files, read_landing_day
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
+from sequence_platform.runtime.reads import Reader
+from sequence_platform.runtime.training import SPINE_ROW, build_training_set, read_spine_days
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
@@ -79,9 +81,10 @@ def plan_chunks(
 def input_rows(ctx: BatchContext, kind: str, name: str, start: date, end: date) -> dict[date, int]:
     """Rows each day of the range reads, for ``plan_chunks``: from the landing files' sizes for
     events and features, from the Delta log's record counts for signals and sequences."""
-    if kind in ("events", "features"):
+    if kind in ("events", "features", "training"):
+        folder = ctx.catalog.training_sets[name].spine if kind == "training" else name
         return {
-            day: sum(path.stat().st_size for path in landing_files(ctx.home, name, day))
+            day: sum(path.stat().st_size for path in landing_files(ctx.home, folder, day))
             // LANDING_BYTES_PER_ROW
             for day in day_range(start, end)
         }
@@ -227,6 +230,44 @@ def build_sequence(ctx: BatchContext, sequence: str, start: date, end: date) -> 
         ctx.layout.sequence(spec), written, start, end, ctx.layout.storage_options
     )
     return StepOutcome(written, stats)
+
+
+def build_training(ctx: BatchContext, name: str, start: date, end: date) -> StepOutcome:
+    """The training rows of the spine rows whose ``ts`` falls on the days; spine rows that
+    cannot be answered go to dead letters with the reason."""
+    spec = ctx.catalog.training_sets[name]
+    sequences = [(spec.prefix(s), ctx.catalog.sequences[s]) for s in spec.sequences]
+    spine = read_spine_days(ctx.home, spec.spine, start, end)
+    reader = Reader(ctx.catalog, ctx.layout)
+    if spine.is_empty():
+        spine = pl.DataFrame(schema={"user_id": pl.Int64(), "ts": pl.Datetime("us", "UTC")})
+    rows, rejected = build_training_set(reader, sequences, spine)
+    written = rows.with_columns(pl.col("ts").dt.date().alias(DT)).select(DT, pl.exclude(DT))
+    # A spine row filed under another day than its ts's is answered all the same; it is
+    # written under its ts's day, which must be one of the run's.
+    outside = written.filter(~pl.col(DT).is_between(start, end))
+    if not outside.is_empty():
+        raise ValueError(
+            f"spine '{spec.spine}' has {outside.height} row(s) whose ts is not on the days "
+            f"{start}..{end} of the folders they are in; move them to the folder of their day"
+        )
+    stats = overwrite_days(
+        ctx.layout.training(name), written, start, end, ctx.layout.storage_options
+    )
+    dead = rejected.select(
+        pl.lit(start).alias(DT),
+        pl.col(RECORD),
+        pl.col(REASON),
+        pl.format("spine {} row {}", pl.lit(spec.spine), pl.col(SPINE_ROW)).alias(ORIGIN),
+        pl.lit("spine").alias(CHANNEL),
+        pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET),
+    ).select(DEAD_LETTER_COLUMNS)
+    _write_dead_letters(ctx, name, dead, start, end)
+    return StepOutcome(
+        written,
+        stats,
+        {"spine_rows": spine.height, "dead_letters": dead.height},
+    )
 
 
 def prune_realtime(ctx: BatchContext, signal: str) -> int:

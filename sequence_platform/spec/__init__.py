@@ -14,6 +14,7 @@ from sequence_platform.spec.models import (
     SequenceSpec,
     SignalSpec,
     SourceSpec,
+    TrainingSetSpec,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "SequenceSpec",
     "SignalSpec",
     "SourceSpec",
+    "TrainingSetSpec",
     "executor",
     "load_catalog",
 ]

@@ -24,6 +24,7 @@ from sequence_platform.spec.models import (
     SequenceSpec,
     SignalSpec,
     SourceSpec,
+    TrainingSetSpec,
 )
 from sequence_platform.spec.types import TIMESTAMP, polars_dtype, type_name_of
 
@@ -48,6 +49,7 @@ class Catalog:
         self.feature_tables: dict[str, FeatureTableSpec] = {}
         self.signals: dict[str, SignalSpec] = {}
         self.sequences: dict[str, SequenceSpec] = {}
+        self.training_sets: dict[str, TrainingSetSpec] = {}
         self._signal_schemas: dict[str, pl.Schema] = {}
         problems = self._index()
         problems += self._check_references()
@@ -110,6 +112,7 @@ class Catalog:
             "feature_table": self.feature_tables,
             "signal": self.signals,
             "sequence": self.sequences,
+            "training_set": self.training_sets,
         }
         for loaded in self.definitions:
             spec = loaded.spec
@@ -138,6 +141,28 @@ class Catalog:
             problems += self._check_signal(signal)
         for sequence in self.sequences.values():
             problems += self._check_sequence(sequence)
+        for training in self.training_sets.values():
+            problems += self._check_training_set(training)
+        return problems
+
+    def _check_training_set(self, spec: TrainingSetSpec) -> list[DefinitionProblem]:
+        problems: list[DefinitionProblem] = []
+        for index, name in enumerate(spec.sequences):
+            if name not in self.sequences:
+                problems.append(
+                    self._unknown(spec, f"sequences[{index}]", name, "sequence", self.sequences)
+                )
+        if len(set(spec.sequences)) != len(spec.sequences):
+            problems.append(self._problem(spec, "sequences", "a sequence is listed twice"))
+        if spec.spine in self._origins:
+            problems.append(
+                self._problem(
+                    spec,
+                    "spine",
+                    f"'{spec.spine}' is the name of a definition; a spine is a landing folder "
+                    "of its own",
+                )
+            )
         return problems
 
     def _problem(self, spec: Definition, field: str, message: str) -> DefinitionProblem:

@@ -21,10 +21,11 @@ from sequence_platform.spec.models import (
     SequenceSpec,
     SignalSpec,
     SourceSpec,
+    TrainingSetSpec,
 )
 
 DEFINITIONS_ENV = "SEQUENCE_PLATFORM_DEFINITIONS"
-_SPEC_TYPES = (SourceSpec, FeatureTableSpec, SignalSpec, SequenceSpec)
+_SPEC_TYPES = (SourceSpec, FeatureTableSpec, SignalSpec, SequenceSpec, TrainingSetSpec)
 _DEFINITION = TypeAdapter[Definition](Definition)
 
 

@@ -131,6 +131,21 @@ class SequenceSpec(_Definition):
         return f"{self.name}/v{self.version}"
 
 
+class TrainingSetSpec(_Definition):
+    """Point-in-time training rows: per row of a spine (``user_id``, ``ts``, labels...), the
+    sequences of that user at ``ts``, exactly as serving would have answered then."""
+
+    kind: Literal["training_set"] = "training_set"
+    spine: Name
+    """The landing-zone folder of the spine: ``landing/<spine>/dt=YYYY-MM-DD/*.parquet``."""
+    sequences: list[Name] = Field(min_length=1)
+
+    def prefix(self, sequence: str) -> str:
+        """Column prefix of a sequence's columns: none for one sequence, ``<name>__`` else."""
+        return f"{sequence}__" if len(self.sequences) > 1 else ""
+
+
 Definition = Annotated[
-    SourceSpec | FeatureTableSpec | SignalSpec | SequenceSpec, Field(discriminator="kind")
+    SourceSpec | FeatureTableSpec | SignalSpec | SequenceSpec | TrainingSetSpec,
+    Field(discriminator="kind"),
 ]

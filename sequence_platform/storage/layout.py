@@ -36,3 +36,6 @@ class TableLayout:
 
     def sequence(self, spec: SequenceSpec) -> str:
         return self._table("sequences", spec.table_name)
+
+    def training(self, training_set: str) -> str:
+        return self._table("training", training_set)

@@ -26,7 +26,7 @@ from sequence_platform.engine import (
     merge_realtime_tail,
     sequence_rows,
 )
-from sequence_platform.engine.sequence import stored_days
+from sequence_platform.engine.sequence import sequences_at, stored_days
 from sequence_platform.spec import (
     Catalog,
     LoadedDefinition,
@@ -274,3 +274,42 @@ def test_snapshot_plus_tail_is_rules_one_to_four_over_all_events(
     assert served["from_realtime"].to_list() == [
         event_id not in in_snapshot for event_id in served["event_id"]
     ]
+
+
+@st.composite
+def queries_case(
+    draw: st.DrawFn,
+) -> tuple[SequenceSpec, list[Event], list[tuple[int, datetime]]]:
+    spec = sequence_spec(draw(lengths), draw(lookbacks))
+    anchors = [
+        BASE
+        + timedelta(days=draw(st.integers(1, DAYS)), milliseconds=draw(st.integers(0, 86_400_000)))
+        for _ in range(3)
+    ]
+    times = instants(*anchors, *(a - timedelta(days=spec.lookback_days) for a in anchors))
+    drawn = draw(event_lists(times, most=40))
+    asked = draw(
+        st.lists(st.tuples(st.sampled_from((*USERS, 9)), st.sampled_from(times)), max_size=8)
+    )
+    return spec, drawn, asked
+
+
+@EXAMPLES
+@given(queries_case())
+def test_each_query_gets_rules_one_to_four_at_its_own_instant(
+    case: tuple[SequenceSpec, list[Event], list[tuple[int, datetime]]],
+) -> None:
+    spec, drawn, asked = case
+    rows = sequence_rows(deduplicate_events(frame(drawn)), spec)
+    queries = pl.LazyFrame(
+        {"user_id": [u for u, _ in asked], "ts": [t for _, t in asked]},
+        schema={"user_id": pl.Int64(), "ts": pl.Datetime("us", "UTC")},
+    )
+    answered = sequences_at(rows, queries, spec, at="ts").collect()
+    assert answered.select("user_id", "ts").rows() == asked
+    for row, (user, at) in zip(answered.iter_rows(named=True), asked, strict=True):
+        expected = dict(reference(drawn, spec, at)).get(user, [])
+        events = zip(
+            row["event_id"], row["event_time"], row["item_id"], row["event_type"], strict=True
+        )
+        assert (row["length"], list(events)) == (len(expected), expected), (user, at)

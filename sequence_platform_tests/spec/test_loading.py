@@ -74,7 +74,9 @@ def test_the_example_definitions_load_with_their_derived_schemas() -> None:
         "engagement_enriched": "signal",
         "recent_engagement": "sequence",
         "recent_saves": "sequence",
+        "saves_training": "training_set",
     }
+    assert catalog.training_sets["saves_training"].prefix("recent_saves") == "recent_saves__"
     assert catalog.origin("recent_engagement").endswith("definitions/recent_engagement.py")
     assert catalog.origin("recent_saves").endswith("definitions/recent_saves.json")
 
@@ -615,3 +617,32 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path) -> N
     )
     assert problems["latin1.py"].definition == "module"
     assert "utf-8" in problems["latin1.py"].message.lower()
+
+
+def test_a_training_set_must_name_known_sequences_and_a_spine_folder(tmp_path: Path) -> None:
+    training = {
+        "kind": "training_set",
+        "name": "clicks_training",
+        "spine": "engagement",
+        "sequences": ["recent_clicks", "recent_clicks"],
+    }
+    folder = definitions_folder(tmp_path, {"training.json": training})
+    problems = [(p.definition, p.field, p.message) for p in refused(folder).problems]
+    assert problems == [
+        (
+            "training_set 'clicks_training'",
+            "sequences[0]",
+            "unknown sequence 'recent_clicks' (defined: none defined)",
+        ),
+        (
+            "training_set 'clicks_training'",
+            "sequences[1]",
+            "unknown sequence 'recent_clicks' (defined: none defined)",
+        ),
+        ("training_set 'clicks_training'", "sequences", "a sequence is listed twice"),
+        (
+            "training_set 'clicks_training'",
+            "spine",
+            "'engagement' is the name of a definition; a spine is a landing folder of its own",
+        ),
+    ]

@@ -1,0 +1,184 @@
+"""Reading sequences at any instant from the tables: the offline reader and training sets.
+
+A read at ``T`` applies the sequence rule to every event the platform holds with
+``event_time < T``: for each day of the window, the stored day rows where the sequence table
+has that day (what the day adds, already cut to ``max_length``), else the day's batch signal
+rows (a day not materialized yet, and always ``T``'s own day, of which only the part before
+``T`` counts), then the real-time rows the batch does not hold. Earlier sources win when an
+event id appears twice. One engine call (``sequences_at``) then answers every query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from sequence_platform.engine.sequence import (
+    explode_snapshot,
+    merge_rows,
+    sequence_rows,
+    sequences_at,
+)
+from sequence_platform.engine.signal import deduplicate_events
+from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.storage.delta import DT, day_range, records_per_day, scan_days
+from sequence_platform.storage.layout import TableLayout
+
+AT = "__at"
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Reads of one catalog's sequences from one set of tables."""
+
+    catalog: Catalog
+    layout: TableLayout
+
+    def rows_for_day(
+        self, spec: SequenceSpec, day: date, users: pl.Series | None = None
+    ) -> pl.LazyFrame:
+        """Every event row a read at an instant of ``day`` may need (``user_id`` and the
+        stored fields, ``S.filter`` applied, one per event id), for ``users`` or everyone."""
+        first = day - timedelta(days=spec.lookback_days)
+        options = self.layout.storage_options
+        stored_uri = self.layout.sequence(spec)
+        stored_days = set(records_per_day(stored_uri, first, day - timedelta(days=1), options))
+        schema = self.catalog.signal_schema(spec.signal)
+
+        def mine(frame: pl.LazyFrame) -> pl.LazyFrame:
+            return (
+                frame if users is None else frame.filter(pl.col("user_id").is_in(users.implode()))
+            )
+
+        element = self.catalog.sequence_element_schema(spec.name)
+        stored = explode_snapshot(
+            mine(
+                scan_days(
+                    stored_uri,
+                    pl.Schema(
+                        {"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}
+                    ),
+                    first,
+                    day - timedelta(days=1),
+                    options,
+                )
+            )
+            .sort(DT, "user_id")
+            .drop(DT),
+            spec,
+        )
+        missing = [d for d in day_range(first, day) if d not in stored_days]
+        signal = scan_days(self.layout.signals(spec.signal), schema, first, day, options).filter(
+            pl.col(DT).is_in(missing)
+        )
+        realtime = (
+            scan_days(
+                self.layout.realtime(spec.signal),
+                pl.Schema(
+                    {**dict(schema), STREAM_PARTITION: pl.Int32(), STREAM_OFFSET: pl.Int64()}
+                ),
+                first,
+                day,
+                options,
+            )
+            .sort(STREAM_PARTITION, STREAM_OFFSET, nulls_last=True, maintain_order=True)
+            .drop(STREAM_PARTITION, STREAM_OFFSET)
+        )
+        return merge_rows(
+            stored,
+            sequence_rows(mine(signal.drop(DT)), spec),
+            # Rule 1 before the filter: which copy of a twice-delivered event counts must not
+            # depend on whether one copy passes the filter.
+            sequence_rows(deduplicate_events(mine(realtime.drop(DT))), spec),
+        )
+
+    def at_instants(
+        self, spec: SequenceSpec, queries: pl.DataFrame, at: str, *, max_length: int | None = None
+    ) -> pl.DataFrame:
+        """For each row of ``queries`` (a ``user_id`` and an instant in column ``at``, all on one
+        UTC day), the sequence of that user at that instant, in query order."""
+        if queries.is_empty():
+            element = self.catalog.sequence_element_schema(spec.name)
+            rows = pl.LazyFrame(schema={"user_id": pl.Int64(), **dict(element)})
+        else:
+            day = _utc(queries[at].min()).date()
+            rows = self.rows_for_day(spec, day, queries["user_id"].unique())
+        return sequences_at(rows, queries.lazy(), spec, at=at, max_length=max_length).collect()
+
+
+def read_sequences(
+    sequence: str,
+    *,
+    as_of: datetime,
+    users: list[int] | None = None,
+    fields: list[str] | None = None,
+    catalog: Catalog | None = None,
+    layout: TableLayout | None = None,
+) -> pl.DataFrame:
+    """The sequences of ``sequence`` at ``as_of``, in the snapshot layout (``user_id``,
+    ``length``, one list column per field), by the same engine as every other reader.
+
+    With ``users``, one row per user asked for (length 0 for a user with nothing); without,
+    one row per user with at least one event in the window. ``fields`` narrows the list
+    columns (``event_id`` and ``event_time`` always come). Tables and definitions default to
+    the platform's settings.
+    """
+    catalog, layout = default_tables(catalog, layout)
+    spec = catalog.sequences.get(sequence)
+    if spec is None:
+        raise KeyError(f"unknown sequence '{sequence}'; known: {', '.join(catalog.sequences)}")
+    wanted = _fields(spec, fields)
+    at = _utc(as_of)
+    reader = Reader(catalog, layout)
+    if users is None:
+        rows = reader.rows_for_day(spec, at.date()).collect()
+        everyone = rows["user_id"].unique().sort()
+    else:
+        everyone = pl.Series("user_id", users, dtype=pl.Int64)
+    queries = pl.DataFrame({"user_id": everyone}).with_columns(
+        pl.lit(at, dtype=pl.Datetime("us", "UTC")).alias(AT)
+    )
+    answered = reader.at_instants(spec, queries, AT)
+    if users is None:
+        answered = answered.filter(pl.col("length") > 0)
+    return answered.select("user_id", "length", *wanted)
+
+
+def default_tables(
+    catalog: Catalog | None, layout: TableLayout | None
+) -> tuple[Catalog, TableLayout]:
+    """The given definitions and tables, or those of the platform's settings."""
+    from sequence_platform.settings import PlatformSettings
+    from sequence_platform.spec.loader import load_catalog
+
+    if catalog is not None and layout is not None:
+        return catalog, layout
+    settings = PlatformSettings()
+    return (
+        catalog or load_catalog(settings.definitions),
+        layout or TableLayout(settings.tables_root, dict(settings.storage_options)),
+    )
+
+
+def _fields(spec: SequenceSpec, fields: list[str] | None) -> list[str]:
+    if fields is None:
+        return spec.stored_fields
+    unknown = [f for f in fields if f not in spec.stored_fields]
+    if unknown:
+        raise ValueError(
+            f"sequence '{spec.name}' has no field {', '.join(unknown)} "
+            f"(fields: {', '.join(spec.stored_fields)})"
+        )
+    return ["event_id", "event_time", *(f for f in fields if f not in ("event_id", "event_time"))]
+
+
+def _utc(moment: object) -> datetime:
+    if not isinstance(moment, datetime):
+        raise TypeError(f"expected a datetime, not {moment!r}")
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment.isoformat()} has no time zone; pass an aware datetime")
+    return moment.astimezone(UTC)

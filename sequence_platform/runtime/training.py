@@ -1,0 +1,169 @@
+"""Training sets: for each row of a spine (``user_id``, ``ts``, labels...), the sequences of
+that user at ``ts`` — the same engine call as every other read, so a training row sees what
+serving answered at ``ts``.
+
+A spine row without a ``user_id`` or a ``ts`` is refused with its reason; every other row
+gives exactly one output row, in spine order within each UTC day of ``ts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from sequence_platform.engine.decode import REASON, RECORD
+from sequence_platform.runtime.reads import Reader
+from sequence_platform.spec.catalog import Catalog
+from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.storage.delta import day_range
+from sequence_platform.storage.layout import TableLayout
+
+SPINE_KEYS = ("user_id", "ts")
+SPINE_ROW = "spine_row"
+"""In dead letters: the rejected row's position in the spine (from 1)."""
+
+
+class InvalidSpine(ValueError):
+    """The spine as a whole cannot be used (a column missing or of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class CheckedSpine:
+    valid: pl.DataFrame
+    """The usable rows, ``ts`` as UTC, in spine order."""
+    rejected: pl.DataFrame
+    """``spine_row``, ``record`` (the row as JSON) and ``reason``."""
+
+
+def check_spine(spine: pl.DataFrame) -> CheckedSpine:
+    """The spine's rows that can be answered, and the others with the reason."""
+    missing = [name for name in SPINE_KEYS if name not in spine.columns]
+    if missing:
+        raise InvalidSpine(
+            f"the spine has no column {', '.join(missing)} (it has: {', '.join(spine.columns)})"
+        )
+    if not spine.schema["user_id"].is_integer():
+        raise InvalidSpine(
+            f"spine column 'user_id' must be an integer, not {spine['user_id'].dtype}"
+        )
+    ts = spine.schema["ts"]
+    if not isinstance(ts, pl.Datetime):
+        raise InvalidSpine(f"spine column 'ts' must be a timestamp, not {ts}")
+    utc = (
+        pl.col("ts").dt.replace_time_zone("UTC")
+        if ts.time_zone is None
+        else pl.col("ts").dt.convert_time_zone("UTC")
+    )
+    spine = spine.with_columns(pl.col("user_id").cast(pl.Int64), utc)
+    problem = (
+        pl.when(pl.col("user_id").is_null())
+        .then(pl.lit("field 'user_id': missing (null)"))
+        .when(pl.col("ts").is_null())
+        .then(pl.lit("field 'ts': missing (null)"))
+    )
+    marked = spine.with_columns(problem.alias(REASON))
+    rejected = marked.with_row_index(SPINE_ROW, offset=1).filter(pl.col(REASON).is_not_null())
+    return CheckedSpine(
+        marked.filter(pl.col(REASON).is_null()).drop(REASON),
+        rejected.select(
+            SPINE_ROW,
+            pl.struct(pl.exclude(SPINE_ROW, REASON)).struct.json_encode().alias(RECORD),
+            REASON,
+        ),
+    )
+
+
+def spine_days(valid: pl.DataFrame) -> Iterator[tuple[date, pl.DataFrame]]:
+    """The checked spine split by the UTC day of ``ts``, days ascending, spine order kept."""
+    keyed = valid.with_columns(pl.col("ts").dt.date().alias("__day"))
+    for (day,), rows in sorted(
+        keyed.partition_by("__day", as_dict=True, maintain_order=True).items(),
+        key=lambda item: item[0],
+    ):
+        assert isinstance(day, date)
+        yield day, rows.drop("__day")
+
+
+def training_rows(
+    reader: Reader, sequences: Sequence[tuple[str, SequenceSpec]], spine_day: pl.DataFrame
+) -> pl.DataFrame:
+    """The spine rows of one day, then for each ``(prefix, sequence)`` its ``length`` and list
+    columns at each row's ``ts``."""
+    columns = [spine_day]
+    for prefix, spec in sequences:
+        answered = reader.at_instants(spec, spine_day.select(SPINE_KEYS), "ts")
+        added = answered.drop(*SPINE_KEYS)
+        columns.append(added.rename({name: f"{prefix}{name}" for name in added.columns}))
+    return pl.concat(columns, how="horizontal")
+
+
+def build_training_set(
+    reader: Reader, sequences: Sequence[tuple[str, SequenceSpec]], spine: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The whole training set of ``spine`` (days ascending) and the rejected spine rows."""
+    checked = check_spine(spine)
+    parts = [training_rows(reader, sequences, rows) for _, rows in spine_days(checked.valid)]
+    if not parts:
+        empty = checked.valid.head(0)
+        parts = [training_rows(reader, sequences, empty)]
+    return pl.concat(parts, how="vertical"), checked.rejected
+
+
+def read_spine(location: str, storage_options: dict[str, str] | None = None) -> pl.DataFrame:
+    """A spine from a Parquet file (or a folder/glob of them) or a Delta table URI."""
+    path = Path(location)
+    if (path / "_delta_log").is_dir() or "://" in location:
+        return pl.read_delta(location, storage_options=storage_options or None)
+    if not path.exists() and not any(ch in location for ch in "*?["):
+        raise FileNotFoundError(f"no spine at {location}")
+    return pl.read_parquet(location)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    rows: pl.DataFrame
+    """One row per usable spine row: the spine's columns, then each sequence's."""
+    rejected: pl.DataFrame
+    """Spine rows that could not be answered, with the reason."""
+
+
+def training_set(
+    spine: pl.DataFrame,
+    sequences: Sequence[str],
+    *,
+    catalog: Catalog | None = None,
+    layout: TableLayout | None = None,
+) -> TrainingSet:
+    """Point-in-time training rows for ``spine`` (a DataFrame with ``user_id`` and ``ts``),
+    for a notebook or a script. Tables and definitions default to the platform's settings;
+    columns are prefixed ``<sequence>__`` when there is more than one sequence."""
+    from sequence_platform.runtime.reads import default_tables
+
+    catalog, layout = default_tables(catalog, layout)
+    unknown = [name for name in sequences if name not in catalog.sequences]
+    if unknown or not sequences:
+        raise KeyError(
+            f"unknown sequence {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(catalog.sequences)}"
+        )
+    several = len(sequences) > 1
+    specs = [(f"{name}__" if several else "", catalog.sequences[name]) for name in sequences]
+    rows, rejected = build_training_set(Reader(catalog, layout), specs, spine)
+    return TrainingSet(rows, rejected)
+
+
+def read_spine_days(home: Path, spine: str, start: date, end: date) -> pl.DataFrame:
+    """The spine's landing files of the days (``landing/<spine>/dt=YYYY-MM-DD/*.parquet``)."""
+    from sequence_platform.ingest.landing import landing_files
+
+    frames = [
+        pl.read_parquet(path)
+        for day in day_range(start, end)
+        for path in landing_files(home, spine, day)
+        if path.suffix.lower() == ".parquet"
+    ]
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
