@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from sequence_platform.engine.sequence import (
@@ -52,12 +53,28 @@ def add_request_fields(
     spec: SequenceSpec,
     catalog: Catalog,
     features: Mapping[str, pl.LazyFrame],
-    at: datetime,
+    at: datetime | pl.Expr,
 ) -> pl.LazyFrame:
-    """``age_seconds`` and the ``request_enrich`` columns, joined as of the request time."""
-    frame = rows.with_columns(pl.lit(as_utc(at), dtype=TIMESTAMP).alias(REQUEST_TIME))
+    """``age_seconds`` and the ``request_enrich`` columns, joined as of the request time:
+    ``at``, or each row's own instant when ``at`` is an expression (a training row's ``ts``).
+    """
+    moment = (
+        pl.lit(as_utc(at), dtype=TIMESTAMP)
+        if isinstance(at, datetime)
+        else at.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
+    )
+    frame = rows.with_columns(moment.alias(REQUEST_TIME))
     for enrichment in spec.request_enrich:
         table = catalog.feature_tables[enrichment.table]
         frame = enrich_as_of(frame, features[enrichment.table], table, enrichment, REQUEST_TIME)
-    age = (pl.col(REQUEST_TIME) - pl.col("event_time")).dt.total_milliseconds() / 1000.0
+    milliseconds = (pl.col(REQUEST_TIME) - pl.col("event_time")).dt.total_milliseconds()
+    age = milliseconds.map_batches(_seconds, return_dtype=pl.Float64)
     return frame.with_columns(age.alias(AGE_FIELD)).drop(REQUEST_TIME)
+
+
+def _seconds(milliseconds: pl.Series) -> pl.Series:
+    """Milliseconds as seconds, correctly rounded. Not Polars' ``/ 1000``: it divides by a
+    constant as a multiplication by the reciprocal, which gives 2750.4030000000002 where the
+    age is 2750.403 s; NumPy divides."""
+    values = milliseconds.to_numpy().astype(np.float64) / 1000.0
+    return pl.Series(milliseconds.name, values, dtype=pl.Float64)

@@ -21,6 +21,7 @@ from sequence_platform.engine.sequence import (
     sequence_rows,
     sequences_at,
 )
+from sequence_platform.engine.serve import add_request_fields
 from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.spec.catalog import Catalog
@@ -108,6 +109,41 @@ class Reader:
             day = _utc(queries[at].min()).date()
             rows = self.rows_for_day(spec, day, queries["user_id"].unique())
         return sequences_at(rows, queries.lazy(), spec, at=at, max_length=max_length).collect()
+
+    def with_request_fields(
+        self, spec: SequenceSpec, answered: pl.DataFrame, at: str
+    ) -> pl.DataFrame:
+        """``answered`` (one row per query, list columns) with the request-time fields added as
+        lists: ``age_seconds`` and the ``request_enrich`` outputs, as of each row's ``at``."""
+        served = self.catalog.served_schema(spec.name)
+        extra = [name for name in served.names() if name not in spec.stored_fields]
+        stored = spec.stored_fields
+        numbered = answered.with_row_index(_QUERY)
+        events = (
+            numbered.select(_QUERY, at, *stored)
+            .explode(stored)
+            .filter(pl.col("event_id").is_not_null())
+        )
+        features = {
+            e.table: scan_days(
+                self.layout.features(e.table),
+                self.catalog.feature_schema(e.table),
+                storage_options=self.layout.storage_options,
+            ).drop(DT)
+            for e in spec.request_enrich
+        }
+        added = add_request_fields(events.lazy(), spec, self.catalog, features, pl.col(at))
+        lists = added.group_by(_QUERY, maintain_order=True).agg(pl.col(extra)).collect()
+        return (
+            numbered.join(lists, on=_QUERY, how="left", maintain_order="left")
+            .with_columns(
+                pl.col(name).fill_null(pl.lit([], dtype=pl.List(served[name]))) for name in extra
+            )
+            .drop(_QUERY)
+        )
+
+
+_QUERY = "__query"
 
 
 def read_sequences(

@@ -1,6 +1,7 @@
 """Training sets: for each row of a spine (``user_id``, ``ts``, labels...), the sequences of
 that user at ``ts`` — the same engine call as every other read, so a training row sees what
-serving answered at ``ts``.
+serving answered at ``ts``, ``age_seconds`` and request-time enrichments included (as of
+``ts``).
 
 A spine row without a ``user_id`` or a ``ts`` is refused with its reason; every other row
 gives exactly one output row, in spine order within each UTC day of ``ts``.
@@ -96,7 +97,7 @@ def training_rows(
     columns = [spine_day]
     for prefix, spec in sequences:
         answered = reader.at_instants(spec, spine_day.select(SPINE_KEYS), "ts")
-        added = answered.drop(*SPINE_KEYS)
+        added = reader.with_request_fields(spec, answered, "ts").drop(*SPINE_KEYS)
         columns.append(added.rename({name: f"{prefix}{name}" for name in added.columns}))
     return pl.concat(columns, how="horizontal")
 
