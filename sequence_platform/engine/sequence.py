@@ -169,7 +169,7 @@ def sequences_at(
     """
     limit = max_length or spec.max_length
     columns, descending = NEWEST_FIRST
-    indexed = rows.with_row_index(_ROW)
+    events = rows.select("user_id", *spec.stored_fields).collect()
     moment = pl.col(_AT)
     window = (pl.col("event_time") < moment) & (
         pl.col("event_time") >= moment - pl.duration(days=spec.lookback_days)
@@ -177,25 +177,29 @@ def sequences_at(
     asked = queries.with_row_index(_QUERY).with_columns(_ceil_to_millisecond(pl.col(at)).alias(_AT))
     picked = (
         asked.select(_QUERY, "user_id", _AT)
-        .join(indexed.select(_ROW, "user_id", *columns), on="user_id", how="inner")
+        .join(
+            events.lazy().select("user_id", *columns).with_row_index(_ROW),
+            on="user_id",
+            how="inner",
+        )
         .filter(window)
         .sort([_QUERY, *columns], descending=[False, *descending])
         .group_by(_QUERY, maintain_order=True)
         .head(limit)
         .select(_QUERY, _ROW)
+        .collect()
     )
-    lists = (
-        picked.join(indexed.drop("user_id"), on=_ROW, how="left", maintain_order="left")
-        .group_by(_QUERY, maintain_order=True)
-        .agg(pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields))
+    # Gathered by position, not joined: the stored fields may be wide (embeddings).
+    chosen = events.drop("user_id")[picked[_ROW]].with_columns(picked[_QUERY])
+    lists = chosen.lazy().group_by(_QUERY, maintain_order=True).agg(
+        pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields)
     )
-    schema = indexed.collect_schema()
     return (
         asked.join(lists, on=_QUERY, how="left", maintain_order="left")
         .with_columns(
             pl.col(LENGTH).fill_null(0),
             *(
-                pl.col(f).fill_null(pl.lit([], dtype=pl.List(schema[f])))
+                pl.col(f).fill_null(pl.lit([], dtype=pl.List(events.schema[f])))
                 for f in spec.stored_fields
             ),
         )
