@@ -403,7 +403,12 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _training_set(args: argparse.Namespace) -> int:
-    from sequence_platform.runtime.training import InvalidSpine, read_spine, training_set
+    from sequence_platform.runtime.reads import Reader
+    from sequence_platform.runtime.training import (
+        InvalidSpine,
+        read_spine,
+        write_training_set,
+    )
     from sequence_platform.storage.layout import TableLayout
 
     settings = PlatformSettings()
@@ -415,24 +420,27 @@ def _training_set(args: argparse.Namespace) -> int:
         return 2
     layout = TableLayout(settings.tables_root, dict(settings.storage_options))
     began = time.perf_counter()
+    several = len(args.sequence) > 1
+    sequences = [
+        (f"{name}__" if several else "", catalog.sequences[name]) for name in args.sequence
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         spine = read_spine(args.spine, dict(settings.storage_options))
-        result = training_set(spine, args.sequence, catalog=catalog, layout=layout)
+        written, rejected = write_training_set(Reader(catalog, layout), sequences, spine, args.out)
     except InvalidSpine as error:
         print(f"The spine {args.spine} cannot be used: {error}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result.rows.write_parquet(args.out)
     print(
-        f"Wrote {result.rows.height:,} training rows ({', '.join(args.sequence)} as of each "
-        f"spine row's ts) to {args.out} in {time.perf_counter() - began:.1f}s."
+        f"Wrote {written:,} training rows ({', '.join(args.sequence)} as of each spine row's "
+        f"ts) to {args.out} in {time.perf_counter() - began:.1f}s."
     )
-    if result.rejected.height:
-        rejected = args.out.with_name(f"{args.out.stem}.rejected.parquet")
-        result.rejected.write_parquet(rejected)
+    if rejected.height:
+        refused = args.out.with_name(f"{args.out.stem}.rejected.parquet")
+        rejected.write_parquet(refused)
         print(
-            f"{result.rejected.height:,} spine rows could not be answered (no user_id or ts); "
-            f"they are in {rejected} with the reason.",
+            f"{rejected.height:,} spine rows could not be answered (no user_id or ts); "
+            f"they are in {refused} with the reason.",
             file=sys.stderr,
         )
     return 0

@@ -230,3 +230,88 @@ def test_a_killed_run_is_marked_failed_not_left_started(tmp_path: Path) -> None:
     assert "failed: its process is gone" in again.stdout
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         assert instance.get_runs(filters=started) == []
+
+
+def test_training_set_from_the_demo_spine(tmp_path: Path) -> None:
+    """``training-set``: the demo's labelled impressions in, one row per usable spine row out,
+    the others in a file of their own with the reason; the same answers as the offline reader."""
+    from datetime import UTC, datetime
+
+    from sequence_platform import read_sequences
+    from sequence_platform.spec import load_catalog
+    from sequence_platform.storage.layout import TableLayout
+
+    home = tmp_path / "home"
+    env = {
+        "SEQUENCE_PLATFORM_HOME": str(home),
+        "SEQUENCE_PLATFORM_START_DATE": "2026-03-01",
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+    }
+    _small_landing(home, {})
+    materialized = run_cli("materialize", "--end", "2026-03-05", env=env)
+    assert materialized.returncode == 0, materialized.stdout + materialized.stderr
+    labels = pl.read_parquet(home / "landing/labels/*/*.parquet")
+    assert labels.columns == ["user_id", "ts", "item_id", "label"] and labels.height > 100
+    broken = pl.DataFrame(
+        {"user_id": [None, 7], "ts": [datetime(2026, 3, 3, tzinfo=UTC), None]},
+        schema={"user_id": pl.Int64(), "ts": labels.schema["ts"]},
+    ).with_columns(item_id=pl.lit(1, dtype=pl.Int64), label=pl.lit(0, dtype=pl.Int8))
+    spine = pl.concat([labels.head(300), broken, labels.tail(300)])
+    spine.write_parquet(tmp_path / "spine.parquet")
+
+    out = tmp_path / "out" / "training.parquet"
+    result = run_cli(
+        "training-set",
+        *("--sequence", "recent_saves", "--sequence", "recent_engagement"),
+        *("--spine", str(tmp_path / "spine.parquet"), "--out", str(out)),
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Wrote 600 training rows (recent_saves, recent_engagement as of each" in result.stdout
+    assert "2 spine rows could not be answered" in result.stderr
+    rows = pl.read_parquet(out)
+    assert rows.columns[:4] == ["user_id", "ts", "item_id", "label"]
+    assert {"recent_saves__length", "recent_saves__current_category"} <= set(rows.columns)
+    assert {"recent_engagement__embedding", "recent_engagement__age_seconds"} <= set(rows.columns)
+    # Spine order within each day.
+    assert rows.select("user_id", "ts").equals(
+        pl.concat([labels.head(300), labels.tail(300)])
+        .with_row_index()
+        .sort(pl.col("ts").dt.date(), "index")
+        .select("user_id", "ts")
+    )
+    rejected = pl.read_parquet(out.with_name("training.rejected.parquet"))
+    assert rejected["reason"].to_list() == [
+        "field 'user_id': missing (null)",
+        "field 'ts': missing (null)",
+    ]
+    assert rejected["spine_row"].to_list() == [301, 302]
+    catalog = load_catalog(REPO / "definitions")
+    layout = TableLayout(str(home / "tables"))
+    for row in rows.filter(pl.col("recent_saves__length") > 0).head(5).iter_rows(named=True):
+        offline = read_sequences(
+            "recent_saves",
+            as_of=row["ts"],
+            users=[row["user_id"]],
+            catalog=catalog,
+            layout=layout,
+        )
+        assert offline["event_id"][0].to_list() == row["recent_saves__event_id"]
+
+    missing = run_cli(
+        "training-set", "--sequence", "nope", "--spine", str(out), "--out", str(out), env=env
+    )
+    assert missing.returncode == 2 and "Unknown sequence nope" in missing.stderr
+    no_ts = tmp_path / "no_ts.parquet"
+    pl.DataFrame({"user_id": [1]}).write_parquet(no_ts)
+    refused = run_cli(
+        "training-set",
+        "--sequence",
+        "recent_saves",
+        "--spine",
+        str(no_ts),
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert refused.returncode == 2 and "the spine has no column ts" in refused.stderr

@@ -102,16 +102,58 @@ def training_rows(
     return pl.concat(columns, how="horizontal")
 
 
+def prefixed(catalog: Catalog, names: Sequence[str]) -> list[tuple[str, SequenceSpec]]:
+    """Each sequence with the prefix of its columns: none for one, ``<name>__`` for several."""
+    several = len(names) > 1
+    return [(f"{name}__" if several else "", catalog.sequences[name]) for name in names]
+
+
+def training_days(
+    reader: Reader, sequences: Sequence[tuple[str, SequenceSpec]], checked: CheckedSpine
+) -> Iterator[pl.DataFrame]:
+    """The training rows of a checked spine, a day of ``ts`` at a time (days ascending), so
+    that a caller writing them as they come holds one day, never the whole set."""
+    produced = False
+    for _, rows in spine_days(checked.valid):
+        produced = True
+        yield training_rows(reader, sequences, rows)
+    if not produced:
+        yield training_rows(reader, sequences, checked.valid.head(0))
+
+
 def build_training_set(
     reader: Reader, sequences: Sequence[tuple[str, SequenceSpec]], spine: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The whole training set of ``spine`` (days ascending) and the rejected spine rows."""
     checked = check_spine(spine)
-    parts = [training_rows(reader, sequences, rows) for _, rows in spine_days(checked.valid)]
-    if not parts:
-        empty = checked.valid.head(0)
-        parts = [training_rows(reader, sequences, empty)]
-    return pl.concat(parts, how="vertical"), checked.rejected
+    rows = pl.concat(list(training_days(reader, sequences, checked)), how="vertical")
+    return rows, checked.rejected
+
+
+def write_training_set(
+    reader: Reader,
+    sequences: Sequence[tuple[str, SequenceSpec]],
+    spine: pl.DataFrame,
+    out: Path,
+) -> tuple[int, pl.DataFrame]:
+    """Write the training set of ``spine`` to the Parquet file ``out`` a day at a time;
+    returns the rows written and the rejected spine rows."""
+    import pyarrow.parquet as pq
+
+    checked = check_spine(spine)
+    written = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in training_days(reader, sequences, checked):
+            table = part.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+            writer.write_table(table)
+            written += part.height
+    finally:
+        if writer is not None:
+            writer.close()
+    return written, checked.rejected
 
 
 def read_spine(location: str, storage_options: dict[str, str] | None = None) -> pl.DataFrame:
@@ -151,9 +193,9 @@ def training_set(
             f"unknown sequence {', '.join(unknown) or '(none given)'}; "
             f"known: {', '.join(catalog.sequences)}"
         )
-    several = len(sequences) > 1
-    specs = [(f"{name}__" if several else "", catalog.sequences[name]) for name in sequences]
-    rows, rejected = build_training_set(Reader(catalog, layout), specs, spine)
+    rows, rejected = build_training_set(
+        Reader(catalog, layout), prefixed(catalog, sequences), spine
+    )
     return TrainingSet(rows, rejected)
 
 
