@@ -4,15 +4,17 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PORT ?= 8000
+# Root installs system packages itself; anyone else through sudo, when there is one.
+SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo 2>/dev/null))
 
-.PHONY: help install demo test lint typecheck unit ui serve kafka validate bench clean
+.PHONY: help install wrk demo test lint typecheck unit ui serve kafka validate bench clean
 
 help:
 	@echo "make demo      generate data, materialize every asset through Dagster, serve the API"
 	@echo "make test      lint, type-check and run the whole test suite"
 	@echo "make ui        open the Dagster UI on the demo's instance"
 	@echo "make serve     run the read service on the existing tables"
-	@echo "make bench     run the benchmarks (snapshot cost ratio; freshness p50/p95, needs Java 17)"
+	@echo "make bench     run the benchmarks against their baselines (BENCH_ARGS='--events 5M' ...)"
 	@echo "make kafka     run a local single-node Kafka broker (needs Java 17 and Maven)"
 
 install:
@@ -20,6 +22,18 @@ install:
 	@$(UV) sync --frozen --quiet
 	@mkdir -p $(DAGSTER_HOME)
 	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+
+# wrk, the HTTP load generator of the serving benchmark (and of its smoke test).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (HTTP load generator for benchmarks/bench_serving.py)"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || \
+	      { $(SUDO) apt-get update -qq >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }; \
+	  elif command -v brew >/dev/null 2>&1; then brew install wrk; fi; \
+	  command -v wrk >/dev/null 2>&1 || \
+	    echo "could not install wrk: the serving benchmark's smoke test skips (fails with CI=true)"; \
+	}
 
 demo: install
 	$(RUN) sequence-platform demo --port $(PORT)
@@ -31,14 +45,15 @@ lint: install
 typecheck: install
 	$(RUN) mypy
 
-unit: install
+unit: install wrk
 	$(RUN) pytest -q
 
 test: lint typecheck unit
 
-bench: install
-	$(RUN) python benchmarks/bench_snapshot.py
-	$(RUN) python benchmarks/bench_freshness.py
+# Batch vs. a plain Polars script, daily cost by lookback, serving vs. the HTTP floor, and
+# freshness (needs Java 17); results in bench/results/. BENCH_ARGS: see run_all.py --help.
+bench: install wrk
+	$(RUN) python benchmarks/run_all.py $(BENCH_ARGS)
 
 validate: install
 	$(RUN) sequence-platform validate
@@ -50,7 +65,7 @@ serve: install
 	$(RUN) sequence-platform serve --port $(PORT)
 
 kafka: install
-	$(RUN) python -m sequence_platform_tests.kafka_broker
+	$(RUN) python -m sequence_platform.ingest.kafka_broker
 
 clean:
 	rm -rf .sequence_platform .dagster_home .cache/kafka

@@ -8,7 +8,8 @@ Two real-time paths over the same real broker, read service and data home:
 Events are produced at a steady rate for distinct users; a poller asks the batch endpoint for
 every user with an event in flight and records when each event first appears. Everything runs
 on this machine as separate processes (broker, read service, indexer or Dagster), as deployed.
-Needs Java 17 and Maven for the broker. Run with ``make bench``.
+Needs Java 17 and Maven for the broker (or ``--bootstrap`` of a running one). Run with
+``make bench``; the result goes to bench/results/ (or ``--json``).
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 
+from benchmarks.measurement import Comparison, format_table, free_port, write_result
+from sequence_platform.ingest.kafka_broker import KafkaBroker
 from sequence_platform.ingest.stream import KafkaStream
-from sequence_platform_tests.kafka_broker import KafkaBroker
 
 REPO = Path(__file__).resolve().parents[1]
 SEQUENCE = "recent_engagement"
@@ -55,13 +58,7 @@ class Tracker:
                 self.latencies.append(at - self.sent.pop(event_id)[1])
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(check: callable, timeout: float, what: str) -> None:  # type: ignore[valid-type]
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -137,7 +134,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def measure(path: str, args: argparse.Namespace, broker: KafkaBroker, work: Path) -> list[float]:
+def measure(path: str, args: argparse.Namespace, bootstrap: str, work: Path) -> list[float]:
     home = work / path
     topic = f"engagement-{path}"
     definitions = home / "definitions"
@@ -147,7 +144,7 @@ def measure(path: str, args: argparse.Namespace, broker: KafkaBroker, work: Path
     env = {
         **os.environ,
         "SEQUENCE_PLATFORM_HOME": str(home / "data"),
-        "SEQUENCE_PLATFORM_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "SEQUENCE_PLATFORM_KAFKA_BOOTSTRAP": bootstrap,
         "SEQUENCE_PLATFORM_DEFINITIONS": str(definitions),
         "DAGSTER_HOME": str(home / "dagster"),
     }
@@ -160,7 +157,7 @@ def measure(path: str, args: argparse.Namespace, broker: KafkaBroker, work: Path
         capture_output=True,
     )
     subprocess.run([*cli, "materialize"], env=env, check=True, capture_output=True)
-    stream = KafkaStream(broker.bootstrap)
+    stream = KafkaStream(bootstrap)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     processes = [start([*cli, "serve", "--port", str(port)], env, home / "serve.log")]
@@ -216,17 +213,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=180.0)
     parser.add_argument("--drain", type=float, default=120.0)
     parser.add_argument("--workdir", type=Path, help="keep the data homes and logs here")
+    parser.add_argument("--bootstrap", help="a running Kafka broker (default: start one)")
+    parser.add_argument("--json", type=Path, help="result file (default bench/results/...)")
     args = parser.parse_args()
     targets = {"indexer": 2.0, "sensor": 15.0}
     results: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as folder, KafkaBroker() as broker:
+    # An external broker (--bootstrap) is the caller's to run; otherwise one is started here.
+    broker: AbstractContextManager[KafkaBroker | None] = (
+        nullcontext() if args.bootstrap else KafkaBroker()
+    )
+    with tempfile.TemporaryDirectory() as folder, broker as started:
+        bootstrap = args.bootstrap or (started.bootstrap if started is not None else "")
         for path in args.paths.split(","):
             print(
                 f"measuring the {path} path: {args.rate:g} events/s for {args.seconds:g} s ...",
                 flush=True,
             )
-            results[path] = measure(path, args, broker, args.workdir or Path(folder))
+            results[path] = measure(path, args, bootstrap, args.workdir or Path(folder))
     print(f"\nfreshness, produce -> visible in GET/POST {SEQUENCE} ({date.today()}):")
+    summary: dict[str, dict[str, float | int]] = {}
+    comparisons: list[Comparison] = []
     for path, latencies in results.items():
         p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)
         verdict = "meets" if p95 <= targets[path] else "MISSES"
@@ -234,6 +240,32 @@ def main() -> None:
             f"  {path:<8} events {len(latencies):>6,}  p50 {p50:6.2f} s  p95 {p95:6.2f} s  "
             f"max {max(latencies):6.2f} s  ({verdict} the p95 target of {targets[path]:g} s)"
         )
+        summary[path] = {
+            "events": len(latencies),
+            "p50_s": p50,
+            "p95_s": p95,
+            "max_s": max(latencies),
+        }
+        comparisons.append(
+            Comparison.of(
+                f"freshness, {path}: p95 produce -> served",
+                p95,
+                None,
+                "s",
+                f"<= {targets[path]:g} s",
+                p95 <= targets[path],
+            )
+        )
+    parameters = {
+        "paths": args.paths,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "external_broker": bool(args.bootstrap),
+    }
+    written = write_result("bench_freshness", args.json, parameters, summary, comparisons)
+    print()
+    print(format_table([c.as_row() for c in comparisons]))
+    print(f"\nwrote {written}")
 
 
 if __name__ == "__main__":

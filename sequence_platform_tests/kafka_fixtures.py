@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sequence_platform_tests.kafka_broker import INSTALL_HINT, KafkaBroker, KafkaUnavailable
+from sequence_platform.ingest.kafka_broker import INSTALL_HINT, KafkaBroker, KafkaUnavailable
 
 
 def running_in_ci() -> bool:

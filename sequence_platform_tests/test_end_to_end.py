@@ -14,13 +14,13 @@ import dagster as dg
 import httpx
 import pytest
 
+from sequence_platform.ingest.kafka_broker import KafkaBroker
 from sequence_platform.ingest.stream import KafkaStream
 from sequence_platform.orchestration import build_definitions
 from sequence_platform.orchestration.runner import materialize_days
 from sequence_platform.serving.app import create_app
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
-from sequence_platform_tests.kafka_broker import KafkaBroker
 from sequence_platform_tests.serving.conftest import RunningServer, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

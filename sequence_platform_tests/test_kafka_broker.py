@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from sequence_platform_tests.kafka_broker import KafkaBroker
+from sequence_platform.ingest.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.kafka
 

@@ -191,8 +191,10 @@ def sequences_at(
     )
     # Gathered by position, not joined: the stored fields may be wide (embeddings).
     chosen = events.drop("user_id")[picked[_ROW]].with_columns(picked[_QUERY])
-    lists = chosen.lazy().group_by(_QUERY, maintain_order=True).agg(
-        pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields)
+    lists = (
+        chosen.lazy()
+        .group_by(_QUERY, maintain_order=True)
+        .agg(pl.len().cast(pl.Int32).alias(LENGTH), *(pl.col(f) for f in spec.stored_fields))
     )
     return (
         asked.join(lists, on=_QUERY, how="left", maintain_order="left")

@@ -23,7 +23,12 @@ from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.ingest.landing import landing_files, read_landing_day
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.runtime.reads import Reader
-from sequence_platform.runtime.training import SPINE_ROW, build_training_set, read_spine_days
+from sequence_platform.runtime.training import (
+    SPINE_ROW,
+    build_training_set,
+    read_spine_days,
+    spine_rows,
+)
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec
 from sequence_platform.storage.delta import (
@@ -80,11 +85,19 @@ def plan_chunks(
 
 def input_rows(ctx: BatchContext, kind: str, name: str, start: date, end: date) -> dict[date, int]:
     """Rows each day of the range reads, for ``plan_chunks``: from the landing files' sizes for
-    events and features, from the Delta log's record counts for signals and sequences."""
-    if kind in ("events", "features", "training"):
-        folder = ctx.catalog.training_sets[name].spine if kind == "training" else name
+    events and features, from the Delta log's record counts for signals and sequences, and
+    for training sets the spine's rows (from the Parquet footers) weighted by what each
+    answers (up to ``max_length`` events of each sequence)."""
+    if kind == "training":
+        spec = ctx.catalog.training_sets[name]
+        weight = sum(ctx.catalog.sequences[s].max_length for s in spec.sequences)
         return {
-            day: sum(path.stat().st_size for path in landing_files(ctx.home, folder, day))
+            day: spine_rows(ctx.home, spec.spine, day) * weight // TRAINING_EVENTS_PER_ROW
+            for day in day_range(start, end)
+        }
+    if kind in ("events", "features"):
+        return {
+            day: sum(path.stat().st_size for path in landing_files(ctx.home, name, day))
             // LANDING_BYTES_PER_ROW
             for day in day_range(start, end)
         }
@@ -93,6 +106,11 @@ def input_rows(ctx: BatchContext, kind: str, name: str, start: date, end: date) 
     else:
         upstream = ctx.layout.signals(ctx.catalog.sequences[name].signal)
     return records_per_day(upstream, start, end, ctx.layout.storage_options)
+
+
+TRAINING_EVENTS_PER_ROW = 10
+"""A training row's events weigh this much less than an input row: a chunk of training rows
+holds about ``CHUNK_ROWS * 10`` events in its lists."""
 
 
 def build_events(ctx: BatchContext, source: str, start: date, end: date) -> StepOutcome:

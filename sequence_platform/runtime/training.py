@@ -199,6 +199,14 @@ def training_set(
     return TrainingSet(rows, rejected)
 
 
+def spine_rows(home: Path, spine: str, day: date) -> int:
+    """Rows of the spine's landing files of the day, from their Parquet footers alone."""
+    from sequence_platform.ingest.landing import landing_files
+
+    files = [p for p in landing_files(home, spine, day) if p.suffix.lower() == ".parquet"]
+    return sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in files)
+
+
 def read_spine_days(home: Path, spine: str, start: date, end: date) -> pl.DataFrame:
     """The spine's landing files of the days (``landing/<spine>/dt=YYYY-MM-DD/*.parquet``)."""
     from sequence_platform.ingest.landing import landing_files

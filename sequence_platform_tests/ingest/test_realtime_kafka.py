@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 from deltalake.exceptions import CommitFailedError
 
+from sequence_platform.ingest.kafka_broker import KafkaBroker
 from sequence_platform.ingest.stream import KafkaStream
 from sequence_platform.orchestration import build_definitions
 from sequence_platform.runtime.microbatch import RealtimeWriter
@@ -26,7 +27,6 @@ from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
 from sequence_platform.spec.catalog import Catalog, LoadedDefinition
 from sequence_platform.storage.layout import TableLayout
-from sequence_platform_tests.kafka_broker import KafkaBroker
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.kafka

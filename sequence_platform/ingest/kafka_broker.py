@@ -6,7 +6,7 @@ The Kafka jars are resolved from Maven Central with ``mvn`` into the git-ignored
 
 Manual use::
 
-    uv run python -m sequence_platform_tests.kafka_broker [--port 9092]
+    uv run python -m sequence_platform.ingest.kafka_broker [--port 9092]
 """
 
 from __future__ import annotations
@@ -769,7 +769,7 @@ class KafkaBroker:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a broker in the foreground until Ctrl-C."""
     parser = argparse.ArgumentParser(
-        prog="python -m sequence_platform_tests.kafka_broker",
+        prog="python -m sequence_platform.ingest.kafka_broker",
         description="Run a local single-node Kafka broker (KRaft) until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=None, help="broker port (default: free)")

@@ -1,0 +1,1 @@
+"""Benchmarks of the platform against plain baselines; ``make bench`` runs them all."""
