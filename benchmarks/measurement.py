@@ -173,12 +173,21 @@ def write_result(
         "benchmark": name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "parameters": dict(parameters),
-        "results": dict(results),
+        "parameters": _without_paths(parameters),
+        "results": _without_paths(results),
         "comparisons": [row.as_row() for row in comparisons],
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path
+
+
+def _without_paths(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the data lived is this run's business, not the result's: folders are left out."""
+    return {
+        key: value
+        for key, value in values.items()
+        if not (isinstance(value, str | Path) and Path(value).is_absolute())
+    }
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
