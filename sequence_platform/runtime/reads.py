@@ -44,57 +44,57 @@ class Reader:
     ) -> pl.LazyFrame:
         """Every event row a read at an instant of ``day`` may need (``user_id`` and the
         stored fields, ``S.filter`` applied, one per event id), for ``users`` or everyone."""
+        return merge_rows(
+            self.batch_rows_for_day(spec, day, users),
+            realtime_rows(self.realtime_for_day(spec, day, users), spec),
+        )
+
+    def batch_rows_for_day(
+        self, spec: SequenceSpec, day: date, users: pl.Series | None = None
+    ) -> pl.LazyFrame:
+        """The batch's part of ``rows_for_day``: stored days, else signal days, in day order."""
         first = day - timedelta(days=spec.lookback_days)
         options = self.layout.storage_options
         stored_uri = self.layout.sequence(spec)
         stored_days = set(records_per_day(stored_uri, first, day - timedelta(days=1), options))
-        schema = self.catalog.signal_schema(spec.signal)
-
-        def mine(frame: pl.LazyFrame) -> pl.LazyFrame:
-            return (
-                frame if users is None else frame.filter(pl.col("user_id").is_in(users.implode()))
-            )
-
         element = self.catalog.sequence_element_schema(spec.name)
-        stored = explode_snapshot(
-            mine(
-                scan_days(
-                    stored_uri,
-                    pl.Schema(
-                        {"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}
-                    ),
-                    first,
-                    day - timedelta(days=1),
-                    options,
-                )
-            )
-            .sort(DT, "user_id")
-            .drop(DT),
-            spec,
+        stored = scan_days(
+            stored_uri,
+            pl.Schema({"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}),
+            first,
+            day - timedelta(days=1),
+            options,
         )
         missing = [d for d in day_range(first, day) if d not in stored_days]
-        signal = scan_days(self.layout.signals(spec.signal), schema, first, day, options).filter(
-            pl.col(DT).is_in(missing)
-        )
-        realtime = (
-            scan_days(
-                self.layout.realtime(spec.signal),
-                pl.Schema(
-                    {**dict(schema), STREAM_PARTITION: pl.Int32(), STREAM_OFFSET: pl.Int64()}
-                ),
-                first,
-                day,
-                options,
-            )
-            .sort(STREAM_PARTITION, STREAM_OFFSET, nulls_last=True, maintain_order=True)
-            .drop(STREAM_PARTITION, STREAM_OFFSET)
-        )
+        signal = scan_days(
+            self.layout.signals(spec.signal),
+            self.catalog.signal_schema(spec.signal),
+            first,
+            day,
+            options,
+        ).filter(pl.col(DT).is_in(missing))
         return merge_rows(
-            stored,
-            sequence_rows(mine(signal.drop(DT)), spec),
-            # Rule 1 before the filter: which copy of a twice-delivered event counts must not
-            # depend on whether one copy passes the filter.
-            sequence_rows(deduplicate_events(mine(realtime.drop(DT))), spec),
+            explode_snapshot(_of(stored, users).sort(DT, "user_id").drop(DT), spec),
+            sequence_rows(_of(signal, users).sort(DT).drop(DT), spec),
+        )
+
+    def realtime_for_day(
+        self, spec: SequenceSpec, day: date, users: pl.Series | None = None
+    ) -> pl.LazyFrame:
+        """Real-time signal rows of the window of ``day``'s reads, in delivery order."""
+        schema = self.catalog.signal_schema(spec.signal)
+        first = day - timedelta(days=spec.lookback_days)
+        realtime = scan_days(
+            self.layout.realtime(spec.signal),
+            pl.Schema({**dict(schema), STREAM_PARTITION: pl.Int32(), STREAM_OFFSET: pl.Int64()}),
+            first,
+            day,
+            self.layout.storage_options,
+        )
+        return (
+            _of(realtime, users)
+            .sort(STREAM_PARTITION, STREAM_OFFSET, nulls_last=True, maintain_order=True)
+            .drop(DT, STREAM_PARTITION, STREAM_OFFSET)
         )
 
     def at_instants(
@@ -144,6 +144,17 @@ class Reader:
 
 
 _QUERY = "__query"
+
+
+def realtime_rows(realtime: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
+    """Real-time signal rows (in delivery order) as sequence rows. Rule 1 comes before the
+    filter: which copy of a twice-delivered event counts must not depend on whether one copy
+    passes the filter."""
+    return sequence_rows(deduplicate_events(realtime), spec)
+
+
+def _of(frame: pl.LazyFrame, users: pl.Series | None) -> pl.LazyFrame:
+    return frame if users is None else frame.filter(pl.col("user_id").is_in(users.implode()))
 
 
 def read_sequences(
