@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="worker processes (default 1); they share one copy of each snapshot in memory",
     )
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every request (off: /metrics counts them)"
+    )
     serve.set_defaults(command=_serve)
 
     validate = commands.add_parser("validate", help="check the definitions and explain mistakes")
@@ -449,7 +452,13 @@ def _training_set(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from sequence_platform.serving.app import serve
 
-    serve(PlatformSettings(), host=args.host, port=args.port, workers=args.workers)
+    serve(
+        PlatformSettings(),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+    )
     return 0
 
 

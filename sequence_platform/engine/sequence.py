@@ -209,7 +209,7 @@ def sequences_at(
     )
 
 
-_ROW, _QUERY, _AT = "__row", "__query", "__at"
+_ROW, _QUERY, _AT = "__row", "__query", "__ceiled_at"
 
 
 def _ceil_to_millisecond(moment: pl.Expr) -> pl.Expr:

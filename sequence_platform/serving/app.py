@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -18,6 +22,7 @@ from sequence_platform.serving.errors import ServingError
 from sequence_platform.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from sequence_platform.serving.refresher import StoreRefresher
 from sequence_platform.serving.routers import definitions, health, sequences
+from sequence_platform.serving.snapshot_files import SnapshotFiles
 from sequence_platform.serving.store import SnapshotStore, describe_error
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
@@ -44,11 +49,13 @@ def create_app(
 
     The catalog is loaded here (a wrong definition raises ``DefinitionError`` before anything
     serves); the tables are read by a background thread started with the app's lifespan.
+    Combined snapshots are kept in snapshot files under the data home, shared by every process
+    serving the same home.
     """
     settings = settings or PlatformSettings()
     catalog = catalog or load_catalog(settings.definitions)
     layout = TableLayout(settings.tables_root, settings.storage_options)
-    store = SnapshotStore(catalog, layout)
+    store = SnapshotStore(catalog, layout, files=SnapshotFiles(snapshot_folder(settings)))
     refresher = StoreRefresher(store, refresh_interval or settings.refresh_seconds)
     context = ServingContext(catalog, store, ServingMetrics(store))
 
@@ -78,15 +85,65 @@ def create_app(
     return app
 
 
+def snapshot_folder(settings: PlatformSettings) -> Path:
+    """Where the read service keeps its snapshot files."""
+    return settings.home / "cache" / "serving"
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of each worker process of ``serve(workers=N)``: settings from the environment."""
+    _log_to_stderr()
+    return create_app(PlatformSettings())
+
+
 def serve(
-    settings: PlatformSettings | None = None, host: str = "127.0.0.1", port: int = 8000
+    settings: PlatformSettings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    workers: int = 1,
+    access_log: bool = False,
 ) -> None:
-    """Run the read service with uvicorn until interrupted."""
+    """Run the read service with uvicorn until interrupted, in ``workers`` processes.
+
+    Each worker keeps its own small state (versions, real-time rows, feature versions) and maps
+    the same snapshot files, so memory does not grow with the number of workers. Requests are
+    counted and timed in ``/metrics``; a log line per request (``access_log``) costs about a
+    quarter of the throughput of a fetch, so it is off unless asked for.
+    """
+    _log_to_stderr()
+    settings = settings or PlatformSettings()
+    catalog = load_catalog(settings.definitions)
+    _warn_about_tables(settings, catalog)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": access_log,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings, catalog=catalog), **options)
+        return
+    # Worker processes build their app from the environment: pass the settings on that way.
+    for name, value in settings.model_dump(mode="json").items():
+        variable = f"SEQUENCE_PLATFORM_{name.upper()}"
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value if isinstance(value, str) else json.dumps(value)
+    target = f"{__name__}:{create_app_from_environment.__name__}"
+    uvicorn.run(target, factory=True, workers=workers, **options)
+
+
+def _log_to_stderr() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = settings or PlatformSettings()
-    catalog = load_catalog(settings.definitions)
+
+
+def _warn_about_tables(settings: PlatformSettings, catalog: Catalog) -> None:
+    """Say which snapshot tables do not exist yet or cannot be read (the service starts
+    anyway)."""
     layout = TableLayout(settings.tables_root, settings.storage_options)
     missing: list[str] = []
     for name, spec in catalog.sequences.items():
@@ -110,7 +167,6 @@ def serve(
             ", ".join(missing),
             settings.tables_root,
         )
-    uvicorn.run(create_app(settings, catalog=catalog), host=host, port=port, log_level="info")
 
 
 async def _serving_error(request: Request, error: Exception) -> JSONResponse:

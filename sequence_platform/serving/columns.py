@@ -54,21 +54,52 @@ def with_json(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
 def with_json_lists(frame: pl.DataFrame, elements: pl.Schema) -> pl.DataFrame:
     """``frame`` (list columns of ``elements``) plus the JSON of each list element."""
     return frame.with_columns(
-        pl.col(name)
-        .list.eval(json_values(pl.element(), name, dtype))
-        .alias(JSON_PREFIX + name)
+        pl.col(name).list.eval(json_values(pl.element(), name, dtype)).alias(JSON_PREFIX + name)
         for name, dtype in elements.items()
     )
 
 
 def arrow_table(frame: pl.DataFrame) -> pa.Table:
     """``frame`` as one Arrow record batch (classic types: large strings, large lists)."""
-    return frame.to_arrow().combine_chunks()
+    table = frame.rechunk().to_arrow()
+    columns = [column(table, name) for name in table.column_names]
+    # Polars may export a nested list whose empty child has an offset past its (empty) buffer:
+    # Arrow concatenates such an array wrongly and its IPC writer writes a corrupt file.
+    sound = [a if _addressable(a) else a.take(np.arange(len(a))) for a in columns]
+    return pa.Table.from_arrays(sound, schema=table.schema)
+
+
+def _addressable(array: pa.Array) -> bool:
+    """Whether the buffers of ``array`` and of its children cover what offset and length
+    address."""
+    kind, end, own = array.type, array.offset + len(array), array.buffers()
+
+    def covers(index: int, size: int) -> bool:
+        return size == 0 or (own[index] is not None and own[index].size >= size)
+
+    if not covers(0, (end + 7) // 8 if own[0] is not None else 0):
+        return False
+    if pa.types.is_large_list(kind) or pa.types.is_list(kind):
+        width = 8 if pa.types.is_large_list(kind) else 4
+        return covers(1, (end + 1) * width) and _addressable(array.values)
+    if pa.types.is_large_binary(kind) or pa.types.is_large_string(kind):
+        return covers(1, (end + 1) * 8)
+    if pa.types.is_binary(kind) or pa.types.is_string(kind):
+        return covers(1, (end + 1) * 4)
+    if pa.types.is_boolean(kind):
+        return covers(1, (end + 7) // 8)
+    try:
+        return covers(1, (end * kind.bit_width + 7) // 8)
+    except ValueError:  # not fixed width (nor one of the kinds above): left as it is
+        return True
 
 
 def column(table: pa.Table, name: str) -> pa.Array:
     """One column of ``table`` as a single array."""
-    return table.column(name).combine_chunks()
+    chunks = table.column(name)
+    if chunks.num_chunks == 1:
+        return chunks.chunk(0)
+    return chunks.combine_chunks()
 
 
 def int64_values(array: pa.Array, null: int = np.iinfo(np.int64).min) -> np.ndarray:
@@ -92,8 +123,3 @@ def binary_offsets(array: pa.Array) -> tuple[np.ndarray, memoryview]:
     _, offsets, data = array.buffers()
     positions = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
     return positions, memoryview(data if data is not None else b"")
-
-
-def empty_like_json(length: int) -> pa.Array:
-    """``length`` JSON nulls."""
-    return pa.array([NULL_JSON] * length, type=pa.large_binary())

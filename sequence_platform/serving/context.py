@@ -18,7 +18,13 @@ class ServingContext:
     metrics: ServingMetrics
 
 
-def serving_context(request: Request) -> ServingContext:
-    """FastAPI dependency: the context of the app that received the request."""
+def context_of(request: Request) -> ServingContext:
+    """The context of the app that received the request."""
     context: ServingContext = request.app.state.serving
     return context
+
+
+async def serving_context(request: Request) -> ServingContext:
+    """FastAPI dependency: ``context_of`` (``async``: a plain function would be called on a
+    worker thread)."""
+    return context_of(request)

@@ -39,10 +39,18 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(store))
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route, str(status)).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            # Looked up once per label set (a few per route), not per request.
+            labels = (method, route, str(status))
+            children = self.requests.labels(*labels), self.latency.labels(*labels)
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class StoreCollector(Collector):
@@ -75,7 +83,7 @@ class StoreCollector(Collector):
         for name, table in self.store.snapshots.items():
             status = table.status
             version.add_metric([name], -1 if status.version is None else status.version)
-            rows.add_metric([name], table.latest.frame.height)
+            rows.add_metric([name], table.latest.users)
             latest_cutoff = table.latest.cutoff
             if latest_cutoff is not None:
                 cutoff.add_metric([name], latest_cutoff.timestamp())

@@ -131,7 +131,10 @@ class BatchRequest(BaseModel):
         description="ISO-8601 time with Z or an offset; default now.",
         examples=["2026-03-03T12:00:00Z"],
     )
-    format: Format = Field(default="records", description="`records` or `columnar`.")
+    format: Format = Field(
+        default="records",
+        description="`records`, `columnar` or `arrow` (one Arrow IPC stream for all users).",
+    )
 
 
 class BatchResponse(BaseModel):
@@ -141,7 +144,7 @@ class BatchResponse(BaseModel):
 class DefinitionInfo(BaseModel):
     """One definition of the catalog."""
 
-    kind: Literal["source", "feature_table", "signal", "sequence"]
+    kind: Literal["source", "feature_table", "signal", "sequence", "training_set"]
     name: str = Field(examples=["recent_saves"])
     version: int | None = Field(description="Sequences only.", examples=[1])
     description: str
@@ -149,13 +152,18 @@ class DefinitionInfo(BaseModel):
     fields: dict[str, str] = Field(
         description=(
             "Field name to type (e.g. `list[float32]`). Sequences list the fields a request "
-            "may ask for: stored, request-time enriched, and `age_seconds`."
+            "may ask for: stored, request-time enriched, and `age_seconds`. Training sets list "
+            "the columns they add to each spine row (after its own columns)."
         ),
         examples=[{"event_id": "string", "event_time": "timestamp", "age_seconds": "float64"}],
     )
     signal: str | None = Field(default=None, description="Sequences: the signal they read.")
     max_length: int | None = Field(default=None, description="Sequences: most events served.")
     lookback_days: int | None = Field(default=None, description="Sequences: the window.")
+    spine: str | None = Field(default=None, description="Training sets: the spine's folder.")
+    sequences: list[str] | None = Field(
+        default=None, description="Training sets: the sequences of each row."
+    )
 
 
 class DefinitionsResponse(BaseModel):

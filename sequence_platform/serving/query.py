@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
+from weakref import WeakKeyDictionary
+
+import polars as pl
 
 from sequence_platform.serving.errors import InvalidParameter, UnknownSequence
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
 
-Format = Literal["records", "columnar"]
+Format = Literal["records", "columnar", "arrow"]
 ALWAYS_SERVED = ("event_id", "event_time")
 MAX_BATCH_USERS = 1_000
 EARLIEST_AS_OF = datetime(1970, 1, 1, tzinfo=UTC)
@@ -37,6 +40,8 @@ class SequenceQuery:
     fields: tuple[str, ...]
     """``event_id``, ``event_time``, then the requested fields, each once."""
     format: Format
+    schema: pl.Schema
+    """The type of every field the sequence serves."""
 
 
 def sequence_spec(catalog: Catalog, name: str) -> SequenceSpec:
@@ -66,7 +71,20 @@ def resolve_query(
         max_age=max_age(spec, max_age_seconds),
         fields=served_fields(catalog, spec, fields),
         format=format,
+        schema=served_schema(catalog, spec),
     )
+
+
+_SERVED_SCHEMAS: WeakKeyDictionary[Catalog, dict[str, pl.Schema]] = WeakKeyDictionary()
+
+
+def served_schema(catalog: Catalog, spec: SequenceSpec) -> pl.Schema:
+    """``catalog.served_schema``, worked out once per catalog and sequence (not per request)."""
+    known = _SERVED_SCHEMAS.setdefault(catalog, {})
+    schema = known.get(spec.name)
+    if schema is None:
+        schema = known[spec.name] = catalog.served_schema(spec.name)
+    return schema
 
 
 def parse_as_of(text: str | None, now: datetime | None = None) -> datetime:
@@ -118,7 +136,7 @@ def served_fields(
     catalog: Catalog, spec: SequenceSpec, requested: str | Sequence[str] | None
 ) -> tuple[str, ...]:
     """``event_id``, ``event_time``, then the requested fields (default every served field)."""
-    allowed = list(catalog.served_schema(spec.name))
+    allowed = list(served_schema(catalog, spec))
     if requested is None:
         names = allowed
     else:

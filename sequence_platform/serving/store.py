@@ -1,35 +1,56 @@
 """What the read service keeps in memory, each table reloaded only when its Delta version changes.
 
-Per sequence: the latest snapshot partition (older ones on demand, in a small LRU cache); per
-signal: the real-time rows for the tail; per request-enriched feature table: every version.
-Requests never open a table. The refresher is the only writer: it builds new state off to the
-side and swaps one reference, so a request always reads one consistent version of each table.
+Per sequence: the combined snapshot at the latest stored day's cutoff (older ones on demand, in a
+small LRU cache); per signal: the real-time rows for the tail; per request-enriched feature
+table: every version. Requests never open a table. The refresher is the only writer: it builds
+new state off to the side and swaps one reference, so a request always reads one consistent
+version of each table.
+
+Each table is also held in the form the request path reads (see ``columns``): Arrow arrays of
+typed values and of their JSON, and numpy arrays to look users and times up. A snapshot lives in
+a memory-mapped file that every worker process shares (see ``snapshot_files``).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.fs import DeltaStorageHandler
 from pyarrow.fs import FileType
 
 from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff, stored_days
+from sequence_platform.engine.signal import latest_feature_versions
 from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.runtime.snapshots import snapshot_from_table
+from sequence_platform.serving.columns import (
+    JSON_PREFIX,
+    NULL_JSON,
+    arrow_table,
+    column,
+    int64_values,
+    list_offsets,
+    with_json,
+    with_json_lists,
+)
 from sequence_platform.serving.errors import NotLoaded
+from sequence_platform.serving.snapshot_files import MappedTable, SnapshotFiles
 from sequence_platform.spec.catalog import Catalog
-from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.spec.models import FeatureTableSpec, SequenceSpec
 from sequence_platform.storage.delta import DT, open_table
 from sequence_platform.storage.layout import TableLayout
 
@@ -37,10 +58,26 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
+ONE_US = timedelta(microseconds=1)
 
 
 def epoch_ms(moment: datetime) -> int:
     return (moment - EPOCH) // ONE_MS
+
+
+def epoch_us(moment: datetime) -> int:
+    return (moment - EPOCH) // ONE_US
+
+
+def ragged_range(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i]`` up to ``ends[i]`` of every i, one after another."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    # Each range's start repeated over its length, plus a ramp restarting at every range.
+    shifts = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return (shifts + np.arange(total)).astype(np.int64, copy=False)
 
 
 def rows_of_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -50,13 +87,7 @@ def rows_of_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """
     low = np.searchsorted(sorted_keys, keys, side="left")
     high = np.searchsorted(sorted_keys, keys, side="right")
-    counts = high - low
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    # Consecutive ranges low..high as one vector: each range's start repeated, plus a ramp.
-    offsets = np.repeat(low - np.cumsum(counts) + counts, counts)
-    return (offsets + np.arange(total)).astype(np.int64)
+    return ragged_range(low, high)
 
 
 def read_table(table: DeltaTable, schema: pl.Schema, day: date | None = None) -> pl.DataFrame:
@@ -79,23 +110,83 @@ def partition_files(table: DeltaTable) -> dict[date, frozenset[str]]:
 # -- in-memory tables --------------------------------------------------------------------------
 
 
+SNAPSHOT_FILE_FORMAT = 1
+"""Part of every snapshot file's name: bump it when what a file holds changes."""
+
+
+class SnapshotColumns:
+    """The data of one combined snapshot, as the request path reads it.
+
+    An Arrow table with a row per user, sorted by ``user_id``: ``user_id``, ``length``, one list
+    column per stored field and, for each, the list of its values' JSON (``__json__<field>``).
+    All list columns share one layout, so a user's events are positions ``offsets[row]`` up to
+    ``offsets[row + 1]`` of every flattened column.
+    """
+
+    def __init__(self, mapped: MappedTable, stored_fields: list[str]) -> None:
+        self.mapped = mapped
+        self.stored_fields = list(stored_fields)
+        table = mapped.table
+        self.user_ids = int64_values(column(table, "user_id"))
+        self.offsets = list_offsets(column(table, "event_id"))
+        self.values = {name: column(table, name).values for name in stored_fields}
+        """Per stored field, every event's value (flattened)."""
+        self.json = {name: column(table, JSON_PREFIX + name).values for name in stored_fields}
+        """Per stored field, every event's value as JSON and a comma (flattened)."""
+        self.event_times = int64_values(self.values["event_time"])
+        """Every event's ``event_time`` in epoch milliseconds."""
+
+    @classmethod
+    def encode(cls, frame: pl.DataFrame, elements: pl.Schema) -> pa.Table:
+        """The table of a snapshot in the snapshot layout (``elements``: its list columns)."""
+        return arrow_table(with_json_lists(frame, elements))
+
+    @cached_property
+    def frame(self) -> pl.DataFrame:
+        """The snapshot in the snapshot layout, as the engine reads it."""
+        names = ["user_id", "length", *self.stored_fields]
+        return pl.DataFrame(pl.from_arrow(self.mapped.table.select(names)))
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """One snapshot partition in memory: a row per user, sorted by ``user_id``."""
+    """One combined snapshot: a row per user, sorted by ``user_id``, at a day's cutoff."""
 
-    frame: pl.DataFrame
+    columns: SnapshotColumns
     day: date | None = None
-    """The partition, or None for the empty snapshot served when no cutoff is early enough."""
+    """The latest stored day combined, or None for the empty snapshot served when no cutoff is
+    early enough."""
     table_version: int | None = None
-    user_ids: np.ndarray = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        ids = self.frame["user_id"].to_numpy().astype(np.int64, copy=False)
-        object.__setattr__(self, "user_ids", ids)
+    @classmethod
+    def of(
+        cls,
+        frame: pl.DataFrame,
+        spec: SequenceSpec,
+        catalog: Catalog,
+        day: date | None = None,
+        table_version: int | None = None,
+    ) -> Snapshot:
+        """A snapshot held in this process's memory, from a frame in the snapshot layout."""
+        table = SnapshotColumns.encode(frame, catalog.sequence_element_schema(spec.name))
+        columns = SnapshotColumns(MappedTable(table, None), spec.stored_fields)
+        return cls(columns, day, table_version)
 
-    @property
+    @cached_property
     def cutoff(self) -> datetime | None:
         return None if self.day is None else snapshot_cutoff(self.day)
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        return self.columns.frame
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.columns.user_ids
+
+    @property
+    def users(self) -> int:
+        return len(self.columns.user_ids)
 
     def rows_for(self, user_ids: np.ndarray) -> pl.DataFrame:
         """The snapshot rows of ``user_ids`` (sorted, distinct); absent users have none."""
@@ -256,9 +347,14 @@ class WatchedTable(ABC):
 class _SnapshotTableState:
     table: DeltaTable | None
     """The table at the version loaded, pinned, for reading older partitions on demand."""
-    days: tuple[date, ...]
+    files: dict[date, frozenset[str]]
+    """The data files of each stored day at that version."""
     latest: Snapshot
     latest_files: frozenset[str]
+
+    @cached_property
+    def days(self) -> list[date]:
+        return sorted(self.files)
 
 
 class SnapshotLRU:
@@ -288,7 +384,11 @@ class SnapshotLRU:
 
 
 class SnapshotTable(WatchedTable):
-    """The snapshot table of one sequence: the latest partition in memory, older ones cached."""
+    """The snapshot table of one sequence: the latest combined snapshot, older ones cached.
+
+    With ``files``, each combined snapshot is kept in a snapshot file that the service's worker
+    processes share; without, in this process's memory.
+    """
 
     kind = "sequence"
 
@@ -299,26 +399,30 @@ class SnapshotTable(WatchedTable):
         layout: TableLayout,
         *,
         cached_older: int = 4,
+        files: SnapshotFiles | None = None,
     ) -> None:
         super().__init__(spec.name, layout.sequence(spec), layout.storage_options)
         self.spec = spec
-        self._empty = empty_snapshot(spec, catalog).collect()
-        self.schema = self._empty.schema
+        self.files = files
+        empty = empty_snapshot(spec, catalog).collect()
+        self.schema = empty.schema
+        self.elements = catalog.sequence_element_schema(spec.name)
+        self._empty = Snapshot.of(empty, spec, catalog).columns
         self.older = SnapshotLRU(cached_older)
-        self._state = _SnapshotTableState(None, (), Snapshot(self._empty), frozenset())
+        self._state = _SnapshotTableState(None, {}, Snapshot(self._empty), frozenset())
 
     @property
     def latest(self) -> Snapshot:
         return self._state.latest
 
     def _absent(self) -> int:
-        self._state = _SnapshotTableState(None, (), Snapshot(self._empty), frozenset())
+        self._state = _SnapshotTableState(None, {}, Snapshot(self._empty), frozenset())
         return 0
 
     def _load(self, table: DeltaTable) -> int:
         version = table.version()
         files = partition_files(table)
-        days = tuple(sorted(files))
+        days = sorted(files)
         previous = self._state
         window = self._window_files(files, days[-1]) if days else frozenset()
         if not days:
@@ -327,13 +431,13 @@ class SnapshotTable(WatchedTable):
             # A commit that left the newest window alone (e.g. a backfill of older days).
             latest = replace(previous.latest, table_version=version)
         else:
-            latest = Snapshot(self._read_day(table, days[-1]), days[-1], version)
+            latest = Snapshot(self._combined(table, days[-1], window), days[-1], version)
         # A table object of its own at this version: the refresher moves the watched one on.
         pinned = DeltaTable(
             table.table_uri, version=version, storage_options=self._storage_options or None
         )
-        self._state = _SnapshotTableState(pinned, days, latest, window)
-        return latest.frame.height
+        self._state = _SnapshotTableState(pinned, files, latest, window)
+        return latest.users
 
     def _window_files(self, files: dict[date, frozenset[str]], day: date) -> frozenset[str]:
         first, last = stored_days(self.spec, snapshot_cutoff(day))
@@ -347,17 +451,16 @@ class SnapshotTable(WatchedTable):
         cutoff = state.latest.cutoff
         if cutoff is not None and cutoff <= at:
             return state.latest
-        # cutoff(D) = D+1 00:00 <= at  exactly when  D <= at's UTC date - 1 day.
-        position = bisect.bisect_right(state.days, at.astimezone(UTC).date() - timedelta(days=1))
-        if position == 0 or state.table is None:
+        day = self._older_day(state, at)
+        if day is None or state.table is None:
             return Snapshot(self._empty, None, state.latest.table_version)
-        day = state.days[position - 1]
         key = (state.latest.table_version, day)
         cached = self.older.get(key)
         if cached is not None:
             return cached
         try:
-            snapshot = Snapshot(self._read_day(state.table, day), day, key[0])
+            window = self._window_files(state.files, day)
+            snapshot = Snapshot(self._combined(state.table, day, window), day, key[0])
         except Exception as error:
             log.warning("reading snapshot %s of %s failed: %s", day, self.spec.name, error)
             raise NotLoaded(
@@ -366,18 +469,84 @@ class SnapshotTable(WatchedTable):
         self.older.put(key, snapshot)
         return snapshot
 
-    def _read_day(self, table: DeltaTable, day: date) -> pl.DataFrame:
-        """The snapshot at the cutoff of ``day``: the stored days of its window, combined."""
-        return snapshot_from_table(table, self.spec, self.schema, day)
+    def holds(self, at: datetime) -> bool:
+        """Whether ``snapshot_at(at)`` answers from memory, without reading the table."""
+        state = self._state
+        cutoff = state.latest.cutoff
+        if cutoff is not None and cutoff <= at:
+            return True
+        day = self._older_day(state, at)
+        return day is None or self.older.get((state.latest.table_version, day)) is not None
+
+    @staticmethod
+    def _older_day(state: _SnapshotTableState, at: datetime) -> date | None:
+        """The latest stored day whose cutoff is ``<= at``, if any."""
+        # cutoff(D) = D+1 00:00 <= at  exactly when  D <= at's UTC date - 1 day.
+        days = state.days
+        position = bisect.bisect_right(days, at.astimezone(UTC).date() - timedelta(days=1))
+        return None if position == 0 else days[position - 1]
+
+    def _combined(self, table: DeltaTable, day: date, window: frozenset[str]) -> SnapshotColumns:
+        """The snapshot at the cutoff of ``day``: the stored days of its window, combined, from
+        the snapshot file of that window when there is one."""
+
+        def build() -> pa.Table:
+            frame = snapshot_from_table(table, self.spec, self.schema, day)
+            return SnapshotColumns.encode(frame, self.elements)
+
+        if self.files is None:
+            mapped = MappedTable(build(), None)
+        else:
+            group = f"{self.spec.name}-v{self.spec.version}"
+            mapped = self.files.load(self._file_name(day, window), group, build)
+        return SnapshotColumns(mapped, self.spec.stored_fields)
+
+    def _file_name(self, day: date, window: frozenset[str]) -> str:
+        """Named by what determines the contents: the definition, the table and its files."""
+        identity = {
+            "format": SNAPSHOT_FILE_FORMAT,
+            "definition": self.spec.model_dump(mode="json"),
+            "elements": {name: str(dtype) for name, dtype in self.elements.items()},
+            "table": self.status.uri,
+            "files": sorted(window),
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return f"{self.spec.name}-v{self.spec.version}-{day.isoformat()}-{digest[:24]}.arrow"
+
+
+PASSES_PREFIX = "__passes__"
+"""Prefix of the column telling whether a real-time row passes a sequence's filter."""
+
+
+class TailColumns:
+    """Real-time rows as the request path reads them, in the order of the tail's rows."""
+
+    def __init__(self, table: pa.Table, fields: list[str], sequences: list[str]) -> None:
+        self.user_ids = int64_values(column(table, "user_id"))
+        self.event_times = int64_values(column(table, "event_time"))
+        self.event_ids = column(table, "event_id")
+        self.values = {name: column(table, name) for name in table.column_names}
+        """Every signal column (and more), typed."""
+        self.json = {name: column(table, JSON_PREFIX + name) for name in fields}
+        """Per field a sequence stores, each value's JSON and a comma."""
+        self.passes = {
+            name: column(table, PASSES_PREFIX + name).to_numpy(zero_copy_only=False)
+            for name in sequences
+        }
+        """Per sequence, whether each row passes its filter."""
 
 
 @dataclass(frozen=True)
 class _TailState:
+    encoded: pl.DataFrame
+    """Signal rows sorted by ``user_id``, then in delivery order (partition, offset), with the
+    JSON of each stored field and whether each row passes each sequence's filter."""
     rows: pl.DataFrame
-    """Signal rows sorted by ``user_id``, then in delivery order (partition, offset)."""
+    """The signal rows alone, in the same order."""
     user_ids: np.ndarray
     event_times: np.ndarray
     """Every row's ``event_time`` in epoch milliseconds, ascending (for the watermark)."""
+    columns: TailColumns
 
 
 class RealtimeTail(WatchedTable):
@@ -386,41 +555,55 @@ class RealtimeTail(WatchedTable):
     Micro-batches only append, so a new version is read as the data files it added; only a
     version that removed files (compaction, retention) makes it read the table again. Rows are
     kept in delivery order per user, which is the order the engine's de-duplication relies on.
+    The JSON of new rows and whether they pass each sequence's filter are worked out as they
+    are read.
     """
 
     kind = "realtime"
 
     def __init__(self, signal: str, catalog: Catalog, layout: TableLayout) -> None:
         super().__init__(signal, layout.realtime(signal), layout.storage_options)
+        signal_schema = catalog.signal_schema(signal)
         self.schema = pl.Schema(
             {
-                **dict(catalog.signal_schema(signal)),
+                **dict(signal_schema),
                 STREAM_PARTITION: pl.Int32(),
                 STREAM_OFFSET: pl.Int64(),
             }
         )
+        sequences = [spec for spec in catalog.sequences.values() if spec.signal == signal]
+        stored = dict.fromkeys(name for spec in sequences for name in spec.stored_fields)
+        self._stored = pl.Schema({name: signal_schema[name] for name in stored})
+        self._filters = {
+            spec.name: pl.sql_expr(spec.filter) if spec.filter else pl.lit(True)
+            for spec in sequences
+        }
         self._files: frozenset[str] = frozenset()
         self.files_read = 0
         """Data files read since start: what the incremental refresh saves is visible here."""
-        self._state = self._index(pl.DataFrame(schema=self.schema))
+        self.hold(pl.DataFrame(schema=self.schema))
+
+    def hold(self, rows: pl.DataFrame) -> None:
+        """Replace the rows in memory (columns of ``schema``; any order of users)."""
+        self._state = self._index(self._encode(rows.select(self.schema.names())))
 
     def _absent(self) -> int:
         self._files = frozenset()
-        self._state = self._index(pl.DataFrame(schema=self.schema))
+        self.hold(pl.DataFrame(schema=self.schema))
         return 0
 
     def _load(self, table: DeltaTable) -> int:
         files = frozenset(pl.DataFrame(table.get_add_actions(flatten=True))["path"].to_list())
         if self.status.loaded and self._files <= files:
             added = sorted(files - self._files)
-            fresh = self._read_files(table, added)
-            rows = pl.concat([self._state.rows, fresh], how="vertical_relaxed")
+            fresh = self._encode(self._read_files(table, added))
+            encoded = pl.concat([self._state.encoded, fresh], how="vertical_relaxed")
+            self._state = self._index(encoded)
             self.files_read += len(added)
         else:
-            rows = self._project(pl.scan_delta(table))
+            self.hold(self._project(pl.scan_delta(table)))
             self.files_read += len(files)
         self._files = files
-        self._state = self._index(rows)
         return self._state.rows.height
 
     def _read_files(self, table: DeltaTable, paths: list[str]) -> pl.DataFrame:
@@ -442,34 +625,87 @@ class RealtimeTail(WatchedTable):
             for name, dtype in self.schema.items()
         ).collect()
 
-    @staticmethod
-    def _index(rows: pl.DataFrame) -> _TailState:
-        ordered = rows.filter(pl.col("user_id").is_not_null()).sort(
-            "user_id", STREAM_PARTITION, STREAM_OFFSET
+    def _encode(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """``rows`` with their JSON and, per sequence, whether each passes its filter."""
+        passes = [
+            expression.fill_null(False).alias(PASSES_PREFIX + name)
+            for name, expression in self._filters.items()
+        ]
+        return with_json(rows, self._stored).with_columns(passes)
+
+    def _index(self, encoded: pl.DataFrame) -> _TailState:
+        ordered = encoded.filter(pl.col("user_id").is_not_null()).sort(
+            "user_id", STREAM_PARTITION, STREAM_OFFSET, maintain_order=True
         )
-        times = ordered["event_time"].dt.epoch("ms").drop_nulls().sort().to_numpy()
+        rows = ordered.select(self.schema.names())
+        times = rows["event_time"].dt.epoch("ms").drop_nulls().sort().to_numpy()
+        columns = TailColumns(arrow_table(ordered), list(self._stored), list(self._filters))
         return _TailState(
-            ordered,
-            ordered["user_id"].to_numpy().astype(np.int64, copy=False),
-            times.astype(np.int64, copy=False),
+            ordered, rows, columns.user_ids, times.astype(np.int64, copy=False), columns
         )
 
-    def rows_for(self, user_ids: np.ndarray, start: datetime, end: datetime) -> pl.DataFrame:
-        """Rows of ``user_ids`` (sorted, distinct) with ``start <= event_time < end``."""
+    @property
+    def rows(self) -> pl.DataFrame:
+        """Every real-time row, sorted by ``user_id``, then in delivery order."""
         self._require_loaded()
-        state = self._state
-        rows = state.rows[rows_of_keys(state.user_ids, user_ids)]
-        time_column = pl.col("event_time")
-        return rows.filter(
-            (time_column >= pl.lit(start, dtype=self.schema["event_time"]))
-            & (time_column < pl.lit(end, dtype=self.schema["event_time"]))
-        )
+        return self._state.rows
+
+    @property
+    def columns(self) -> TailColumns:
+        self._require_loaded()
+        return self._state.columns
 
     def watermark_before(self, at: datetime) -> datetime | None:
         """The greatest ``event_time`` of any real-time row before ``at``, or None."""
         times = self._state.event_times
         position = int(np.searchsorted(times, epoch_ms(at), side="left"))
         return None if position == 0 else EPOCH + int(times[position - 1]) * ONE_MS
+
+
+class FeatureColumns:
+    """One feature table's versions as the request path reads them: one row per (key, as-of),
+    sorted, the last copy winning (as the engine's as-of join takes them); after the rows, one
+    row of nulls for the events no version applies to (``missing``)."""
+
+    def __init__(self, rows: pl.DataFrame, spec: FeatureTableSpec, schema: pl.Schema) -> None:
+        # A version without key or as-of never applies (nor does it in the engine's join).
+        latest = (
+            latest_feature_versions(rows.lazy(), spec)
+            .filter(pl.col(spec.key).is_not_null() & pl.col(spec.as_of).is_not_null())
+            .collect()
+        )
+        fields = pl.Schema({name: schema[name] for name in spec.fields})
+        table = arrow_table(with_json(latest.select(list(fields)), fields))
+        self.keys = int64_values(latest[spec.key].to_arrow())
+        self.as_of = int64_values(latest[spec.as_of].to_arrow())
+        self.missing = latest.height
+        """The row of nulls after the versions."""
+        self.values: dict[str, pa.Array] = {}
+        self.json: dict[str, pa.Array] = {}
+        for name in fields:
+            values = column(table, name)
+            self.values[name] = pa.concat_arrays([values, pa.nulls(1, type=values.type)])
+            self.json[name] = pa.concat_arrays(
+                [column(table, JSON_PREFIX + name), pa.array([NULL_JSON], pa.large_binary())]
+            )
+
+    def rows_as_of(self, keys: np.ndarray, valid: np.ndarray, at_ms: int) -> np.ndarray:
+        """Per key, the row of the greatest as-of ``<= at_ms`` with that key; ``missing`` when
+        there is none or the key is null (``valid`` false)."""
+        low = np.searchsorted(self.keys, keys, side="left")
+        high = np.searchsorted(self.keys, keys, side="right")
+        # Binary search of each key's versions (ascending as-of) for the last one <= at_ms.
+        left, right = low, high
+        while True:
+            active = left < right
+            if not active.any():
+                break
+            middle = (left + right) // 2
+            before = active & (self.as_of[np.minimum(middle, len(self.as_of) - 1)] <= at_ms)
+            left = np.where(before, middle + 1, left)
+            right = np.where(active & ~before, middle, right)
+        found = (left > low) & valid
+        return np.where(found, left - 1, self.missing)
 
 
 class FeatureVersions(WatchedTable):
@@ -479,36 +715,60 @@ class FeatureVersions(WatchedTable):
 
     def __init__(self, table: str, catalog: Catalog, layout: TableLayout) -> None:
         super().__init__(table, layout.features(table), layout.storage_options)
-        spec = catalog.feature_tables[table]
+        self.spec = catalog.feature_tables[table]
         self.schema = catalog.feature_schema(table)
-        self._order = [spec.key, spec.as_of]
-        self._rows = pl.DataFrame(schema=self.schema)
+        self._order = [self.spec.key, self.spec.as_of]
+        self.hold(pl.DataFrame(schema=self.schema))
 
     @property
     def rows(self) -> pl.DataFrame:
+        """Every version, sorted by key and as-of (as the engine reads them)."""
         self._require_loaded()
-        return self._rows
+        return self._state[0]
+
+    @property
+    def columns(self) -> FeatureColumns:
+        self._require_loaded()
+        return self._state[1]
+
+    def hold(self, rows: pl.DataFrame) -> None:
+        """Replace the versions in memory (columns of ``schema``, in the table's order)."""
+        # A stable sort: of two copies of a (key, as-of), the same one wins every time.
+        ordered = rows.select(self.schema.names()).sort(self._order, maintain_order=True)
+        self._state = (ordered, FeatureColumns(ordered, self.spec, self.schema))
 
     def _absent(self) -> int:
-        self._rows = pl.DataFrame(schema=self.schema)
+        self.hold(pl.DataFrame(schema=self.schema))
         return 0
 
     def _load(self, table: DeltaTable) -> int:
-        self._rows = read_table(table, self.schema).sort(self._order)
-        return self._rows.height
+        self.hold(read_table(table, self.schema))
+        return self._state[0].height
 
 
 # -- the store -------------------------------------------------------------------------------
 
 
 class SnapshotStore:
-    """Every table the read service needs for a catalog, kept in memory."""
+    """Every table the read service needs for a catalog, kept in memory.
 
-    def __init__(self, catalog: Catalog, layout: TableLayout, *, cached_older: int = 4) -> None:
+    With ``files``, combined snapshots live in snapshot files shared by every process that
+    serves from the same folder (see ``snapshot_files``).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        layout: TableLayout,
+        *,
+        cached_older: int = 4,
+        files: SnapshotFiles | None = None,
+    ) -> None:
         self.catalog = catalog
         self.layout = layout
+        self.files = files
         self.snapshots = {
-            name: SnapshotTable(spec, catalog, layout, cached_older=cached_older)
+            name: SnapshotTable(spec, catalog, layout, cached_older=cached_older, files=files)
             for name, spec in catalog.sequences.items()
         }
         signals = sorted({spec.signal for spec in catalog.sequences.values()})
@@ -527,9 +787,15 @@ class SnapshotStore:
 
     def refresh(self) -> list[TableStatus]:
         """Check every table once; reload those whose version changed. Returns the reloaded."""
+        # Snapshots last: they take longest to load (a new day is combined and encoded), and
+        # the small tables are served meanwhile.
+        ordered = [*self.tails.values(), *self.features.values(), *self.snapshots.values()]
         with self._refresh_lock:
-            reloaded = [table.status for table in self.tables() if table.refresh()]
+            reloaded = [table.status for table in ordered if table.refresh()]
             self.refreshes += 1
+            if self.files is not None:
+                for path in self.files.remove_unused():
+                    log.info("removed unused snapshot file %s", path)
         return reloaded
 
     def not_ready(self) -> list[str]:
@@ -541,7 +807,3 @@ class SnapshotStore:
 
     def tail_of(self, spec: SequenceSpec) -> RealtimeTail:
         return self.tails[spec.signal]
-
-    def feature_rows(self, spec: SequenceSpec) -> dict[str, pl.LazyFrame]:
-        """The feature tables ``spec`` enriches from at request time, every version."""
-        return {e.table: self.features[e.table].rows.lazy() for e in spec.request_enrich}

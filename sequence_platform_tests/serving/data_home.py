@@ -131,6 +131,11 @@ def write_data_home(catalog: Catalog, layout: TableLayout) -> None:
     write_snapshot(catalog, layout, "recent_engagement", D2, {1: [E8, E3, E2, E1], 2: [E5]})
 
     signal = catalog.signal_schema("engagement_enriched")
+    # The batch's signal rows of the stored days: a read between two midnights uses them.
+    batch = pl.DataFrame([E1, E2, E3, E8, E5], schema=signal, orient="row").with_columns(
+        pl.col("event_time").dt.date().alias(DT)
+    )
+    overwrite_days(layout.signals("engagement_enriched"), batch, D1, D2)
     realtime = pl.DataFrame(REALTIME, schema=signal, orient="row").with_columns(
         pl.col("event_time").dt.date().alias(DT)
     )

@@ -7,6 +7,7 @@ newer events, and copies of batch events whose non-filter fields differ (the bat
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,10 +97,12 @@ def test_served_equals_direct_computation(tmp_path: Path, catalog: Catalog) -> N
                 as_of=at.isoformat(),
                 format="columnar",
             )
-            served = read_sequences(store, catalog, query).responses
+            served = [json.loads(d) for d in read_sequences(store, catalog, query).documents()]
             got = {
-                user: list(zip(events["event_id"], events["category"], strict=True))
-                for user, events in served.select("user_id", "events").iter_rows()
-                if events["event_id"]
+                response["user_id"]: list(
+                    zip(response["events"]["event_id"], response["events"]["category"], strict=True)
+                )
+                for response in served
+                if response["length"]
             }
             assert got == expected, (at, max_length)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+import pyarrow as pa
 import pytest
 
 from sequence_platform.serving.models import BatchResponse, SequenceResponse
 from sequence_platform_tests.serving.conftest import Served
+from sequence_platform_tests.serving.data_home import at
 
 T = "2026-03-03T12:00:00Z"
 SAVES_1 = "/v1/sequences/recent_saves/1"
+SAVES_1_ITEMS = [("e4", 20), ("e3", 30), ("e2", 20), ("e1", 10)]
 
 
 def get(served: Served, path: str, **params: Any) -> dict[str, Any]:
@@ -123,36 +127,46 @@ def test_columnar_with_embeddings_and_no_request_enrichment(served: Served) -> N
     assert (body["provenance"]["from_batch"], body["provenance"]["from_realtime"]) == (4, 2)
 
 
-def test_as_of_in_the_past_uses_the_older_snapshot(served: Served) -> None:
+def test_as_of_in_the_past_reads_what_the_batch_held_before_it(served: Served) -> None:
     body = get(served, SAVES_1, as_of="2026-03-02T12:00:00Z")
-    # The 03-02 snapshot (cutoff 03-03) is too new; the 03-01 one lacks e3, so the real-time
-    # copy serves it. Item 20 is still 'bags' at this time.
+    # The 03-02 snapshot (cutoff 03-03) is too new; the 03-01 one lacks e3, which the batch
+    # holds in 03-02's signal rows: its landing copy (a click) wins over the stale real-time
+    # copy (a save in category 'WRONG'). Item 20 is still 'bags' at this time.
     assert [
         (e["event_id"], e["event_type"], e["category"], e["current_category"], e["age_seconds"])
         for e in body["events"]
     ] == [
-        ("e3", "save", "WRONG", "shoes", 2 * 3600.0),
+        ("e3", "click", "shoes", "shoes", 2 * 3600.0),
         ("e2", "save", "bags", "bags", 27 * 3600.0),
         ("e1", "save", "hats", "hats", 28 * 3600.0),
     ]
     provenance = body["provenance"]
     assert provenance["snapshot_cutoff"] == "2026-03-02T00:00:00.000Z"
-    assert (provenance["from_batch"], provenance["from_realtime"]) == (2, 1)
+    assert (provenance["from_batch"], provenance["from_realtime"]) == (3, 0)
     assert provenance["realtime_watermark"] == "2026-03-02T10:00:00.000Z"
 
 
-def test_before_every_snapshot_only_real_time_is_served(served: Served) -> None:
+def test_between_two_midnights_the_batch_rows_before_t_count(served: Served) -> None:
+    """At 03-01 12:00 no snapshot has passed its cutoff yet (the first is 03-02 00:00), but
+    the batch holds 03-01's events: those before T are served, with the real-time ones."""
     user2 = get(served, "/v1/sequences/recent_saves/2", as_of="2026-03-01T12:00:00Z")
     assert [e["event_id"] for e in user2["events"]] == ["e0"]
     assert user2["provenance"] == {
-        "snapshot_cutoff": None,
+        "snapshot_cutoff": "2026-03-01T00:00:00.000Z",
         "snapshot_version": user2["provenance"]["snapshot_version"],
         "from_batch": 0,
         "from_realtime": 1,
         "realtime_watermark": "2026-03-01T06:00:00.000Z",
     }
     user1 = get(served, SAVES_1, as_of="2026-03-01T12:00:00Z")
-    assert (user1["length"], user1["events"]) == (0, [])
+    assert [e["event_id"] for e in user1["events"]] == ["e2", "e1"]
+    assert (user1["provenance"]["from_batch"], user1["provenance"]["from_realtime"]) == (2, 0)
+    # One millisecond after e1 and before e2: only e1.
+    between = get(served, SAVES_1, as_of="2026-03-01T08:00:00.001Z")
+    assert [e["event_id"] for e in between["events"]] == ["e1"]
+    # Before every event of the batch, and before every snapshot: nothing.
+    early = get(served, SAVES_1, as_of="2026-03-01T08:00:00Z")
+    assert (early["length"], early["events"]) == (0, [])
 
 
 def test_max_age_and_max_length_trim(served: Served) -> None:
@@ -179,6 +193,58 @@ def test_unknown_user_is_empty(served: Served) -> None:
     assert (body["provenance"]["from_batch"], body["provenance"]["from_realtime"]) == (0, 0)
 
 
+def arrow(response: httpx.Response) -> pa.Table:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    with pa.ipc.open_stream(response.content) as reader:
+        return reader.read_all()
+
+
+def test_arrow_stream_one_row_per_event(served: Served) -> None:
+    params = {"as_of": T, "fields": "item_id,current_category,age_seconds", "format": "arrow"}
+    table = arrow(served.client.get(SAVES_1, params=params))
+    assert table.schema.names == [
+        "user_id",
+        "event_id",
+        "event_time",
+        "item_id",
+        "current_category",
+        "age_seconds",
+    ]
+    assert str(table.schema.field("event_time").type) == "timestamp[ms, tz=UTC]"
+    assert table.to_pydict() == {
+        "user_id": [1, 1, 1, 1],
+        "event_id": ["e4", "e3", "e2", "e1"],
+        "event_time": [at("2026-03-03T08:00"), at("2026-03-02T10:00"), at("2026-03-01T09:00"),
+                       at("2026-03-01T08:00")],
+        "item_id": [20, 30, 20, 10],
+        "current_category": ["luggage", "shoes", "luggage", "hats"],
+        "age_seconds": [4 * 3600.0, 26 * 3600.0, 51 * 3600.0, 52 * 3600.0],
+    }  # fmt: skip
+    assert table.schema.metadata == {
+        b"sequence": b"recent_saves",
+        b"version": b"1",
+        b"as_of": b"2026-03-03T12:00:00.000Z",
+        b"snapshot_cutoff": b"2026-03-03T00:00:00.000Z",
+        b"snapshot_version": table.schema.metadata[b"snapshot_version"],
+        b"realtime_watermark": b"2026-03-03T09:00:00.000Z",
+    }
+    unknown = arrow(served.client.get("/v1/sequences/recent_saves/424242", params=params))
+    assert unknown.num_rows == 0 and unknown.schema.names == table.schema.names
+
+
+def test_batch_as_arrow_keeps_request_order(served: Served) -> None:
+    body = {"user_ids": [2, 777, 1, 2], "as_of": T, "fields": "item_id", "format": "arrow"}
+    table = arrow(served.client.post("/v1/sequences/recent_saves/batch", json=body))
+    assert table.select(["user_id", "event_id", "item_id"]).to_pylist() == [
+        {"user_id": 2, "event_id": "e5", "item_id": 20},
+        {"user_id": 2, "event_id": "e0", "item_id": 10},
+        *[{"user_id": 1, "event_id": e, "item_id": i} for e, i in SAVES_1_ITEMS],
+        {"user_id": 2, "event_id": "e5", "item_id": 20},
+        {"user_id": 2, "event_id": "e0", "item_id": 10},
+    ]
+
+
 def test_default_as_of_is_now(served: Served) -> None:
     body = get(served, SAVES_1)
     # Now is after every partition's cutoff: the newest snapshot and every real-time row.
@@ -199,7 +265,7 @@ def test_default_as_of_is_now(served: Served) -> None:
         (SAVES_1, {"as_of": "yesterday"}, 422, "not an ISO-8601 time"),
         (SAVES_1, {"as_of": "2026-03-03T12:00:00"}, 422, "no time zone"),
         (SAVES_1, {"as_of": "0001-01-01T00:00:00+01:00"}, 422, "as_of must be from"),
-        (SAVES_1, {"format": "xml"}, 422, "'records' or 'columnar'"),
+        (SAVES_1, {"format": "xml"}, 422, "'records', 'columnar' or 'arrow'"),
         ("/v1/sequences/recent_saves/abc", {}, 422, "user_id"),
         ("/v1/sequences/recent_saves/1.5", {}, 422, "user_id"),
         ("/v1/sequences/recent_saves/99999999999999999999", {}, 422, "user_id"),
@@ -278,7 +344,16 @@ def test_definitions(served: Served) -> None:
         "feature_table",
         "signal",
         "sequence",
+        "training_set",
     }
+    training = by_name["saves_training"]
+    assert (training["spine"], training["sequences"]) == (
+        "labels",
+        ["recent_saves", "recent_engagement"],
+    )
+    assert training["fields"]["recent_saves__length"] == "int32"
+    assert training["fields"]["recent_saves__current_category"] == "list[string]"
+    assert training["fields"]["recent_engagement__embedding"] == "list[list[float32]]"
     saves = by_name["recent_saves"]
     assert (saves["kind"], saves["version"], saves["origin"]) == (
         "sequence",
@@ -339,3 +414,12 @@ def test_health_readiness_metrics_and_docs(served: Served) -> None:
         "format",
     }
     assert all(p.get("description") for p in parameters)
+    formats = next(p for p in parameters if p["name"] == "format")["schema"]
+    assert formats["enum"] == ["records", "columnar", "arrow"]
+    for path, method in [
+        ("/v1/sequences/{sequence}/{user_id}", "get"),
+        ("/v1/sequences/{sequence}/batch", "post"),
+    ]:
+        ok = openapi["paths"][path][method]["responses"]["200"]
+        assert set(ok["content"]) == {"application/json", "application/vnd.apache.arrow.stream"}
+        assert "Arrow IPC stream" in ok["description"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def test_not_ready_until_read_then_absent_tables_serve_empty(
     store.refresh()
     assert store.not_ready() == []
     served = read_sequences(store, catalog, saves)
-    assert served.responses.select("user_id", "length").rows() == [(1, 0)]
+    [document] = [json.loads(d) for d in served.documents()]
+    assert (document["user_id"], document["length"]) == (1, 0)
     assert (served.snapshot.cutoff, served.realtime_watermark) == (None, None)
     assert store.refresh() == []  # nothing changed, nothing reloaded
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import polars as pl
 from fastapi import APIRouter, Depends
 
 from sequence_platform.serving.context import ServingContext, serving_context
@@ -15,6 +16,7 @@ from sequence_platform.spec.models import (
     SequenceSpec,
     SignalSpec,
     SourceSpec,
+    TrainingSetSpec,
 )
 from sequence_platform.spec.types import type_name_of
 
@@ -39,9 +41,12 @@ def definition_info(catalog: Catalog, spec: Definition) -> DefinitionInfo:
         schema = catalog.feature_schema(spec.name)
     elif isinstance(spec, SignalSpec):
         schema = catalog.signal_schema(spec.name)
+    elif isinstance(spec, TrainingSetSpec):
+        schema = training_columns(catalog, spec)
     else:
         schema = catalog.served_schema(spec.name)
     sequence = spec if isinstance(spec, SequenceSpec) else None
+    training = spec if isinstance(spec, TrainingSetSpec) else None
     return DefinitionInfo(
         kind=spec.kind,
         name=spec.name,
@@ -52,4 +57,18 @@ def definition_info(catalog: Catalog, spec: Definition) -> DefinitionInfo:
         signal=sequence.signal if sequence else None,
         max_length=sequence.max_length if sequence else None,
         lookback_days=sequence.lookback_days if sequence else None,
+        spine=training.spine if training else None,
+        sequences=list(training.sequences) if training else None,
     )
+
+
+def training_columns(catalog: Catalog, spec: TrainingSetSpec) -> pl.Schema:
+    """What a training set adds to each spine row: per sequence, ``length`` and a list of each
+    served field (prefixed ``<sequence>__`` when there are several)."""
+    columns: dict[str, pl.DataType] = {}
+    for name in spec.sequences:
+        prefix = spec.prefix(name)
+        columns[f"{prefix}length"] = pl.Int32()
+        for field, dtype in catalog.served_schema(name).items():
+            columns[f"{prefix}{field}"] = pl.List(dtype)
+    return pl.Schema(columns)
