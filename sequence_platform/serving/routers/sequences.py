@@ -104,8 +104,12 @@ async def get_sequence(
         ),
     ] = "records",
 ) -> Response:
-    """The user's newest events at `as_of`: the latest batch snapshot with cutoff <= as_of plus
-    the real-time tail, merged, trimmed, with request-time fields. An unknown user has length 0.
+    """The user's newest events at `as_of` (default now), exact at any instant: every event
+    the platform holds with `event_time < as_of` — the batch snapshot, the batch's events of
+    the day after it, and the real-time tail — merged by the sequence rule, trimmed, with
+    request-time fields as of `as_of`. An unknown user has length 0. `format=arrow` answers an
+    Arrow IPC stream (`application/vnd.apache.arrow.stream`), one row per event with `user_id`
+    and the requested fields, for model servers.
     """
     context = context_of(request)
     spec = sequence_spec(context.catalog, sequence)
