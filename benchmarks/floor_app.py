@@ -74,7 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     app = create_floor_app(read_bodies(args.bodies))
     # The options of sequence_platform.serving.app.serve.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # Like `sequence-platform serve`, which writes no access log unless asked (--access-log).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 
 
 if __name__ == "__main__":

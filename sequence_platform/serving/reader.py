@@ -488,13 +488,21 @@ def read_sequences(store: SnapshotStore, catalog: Catalog, query: SequenceQuery)
     newest snapshot's cutoff, the batch rows of the instant's own day count too."""
     spec = query.spec
     table = store.snapshots[spec.name]
-    latest = table.latest
-    if latest.cutoff is not None and query.at < latest.cutoff:
-        users = np.unique(np.asarray(query.user_ids, dtype=np.int64))
-        snapshot = _past_reads(store).snapshot_at(spec, users, query.at, latest.table_version)
-    else:
+    if reads_from_memory(store, query):
         snapshot = table.snapshot_at(query.at)
+    else:
+        users = np.unique(np.asarray(query.user_ids, dtype=np.int64))
+        version = table.latest.table_version
+        snapshot = _past_reads(store).snapshot_at(spec, users, query.at, version)
     return serve_sequences(query, catalog, snapshot, store.tail_of(spec), store.features)
+
+
+def reads_from_memory(store: SnapshotStore, query: SequenceQuery) -> bool:
+    """Whether ``read_sequences`` answers ``query`` from memory alone: at or after the newest
+    snapshot's cutoff, or with no snapshot yet. An earlier instant reads the batch's rows of
+    its day (once per day, then cached) and combines them per request."""
+    cutoff = store.snapshots[query.spec.name].latest.cutoff
+    return cutoff is None or query.at >= cutoff
 
 
 _PAST: weakref.WeakKeyDictionary[SnapshotStore, PastReads] = weakref.WeakKeyDictionary()

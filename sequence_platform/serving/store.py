@@ -469,15 +469,6 @@ class SnapshotTable(WatchedTable):
         self.older.put(key, snapshot)
         return snapshot
 
-    def holds(self, at: datetime) -> bool:
-        """Whether ``snapshot_at(at)`` answers from memory, without reading the table."""
-        state = self._state
-        cutoff = state.latest.cutoff
-        if cutoff is not None and cutoff <= at:
-            return True
-        day = self._older_day(state, at)
-        return day is None or self.older.get((state.latest.table_version, day)) is not None
-
     @staticmethod
     def _older_day(state: _SnapshotTableState, at: datetime) -> date | None:
         """The latest stored day whose cutoff is ``<= at``, if any."""

@@ -25,7 +25,12 @@ from sequence_platform.serving.query import (
     resolve_query,
     sequence_spec,
 )
-from sequence_platform.serving.reader import ARROW_STREAM, ServedSequences, read_sequences
+from sequence_platform.serving.reader import (
+    ARROW_STREAM,
+    ServedSequences,
+    read_sequences,
+    reads_from_memory,
+)
 
 router = APIRouter(prefix="/v1/sequences", tags=["sequences"])
 
@@ -159,7 +164,7 @@ def batch_sequences(request: Request, sequence: SequenceName, body: BatchRequest
 async def serve(context: ServingContext, query: SequenceQuery) -> ServedSequences:
     """Read on the event loop when everything is in memory (no thread hand-off for a fetch
     that takes a fraction of a millisecond); on a worker thread when a table must be read."""
-    if context.store.snapshots[query.spec.name].holds(query.at):
+    if reads_from_memory(context.store, query):
         return read_sequences(context.store, context.catalog, query)
     return await run_in_threadpool(read_sequences, context.store, context.catalog, query)
 
