@@ -61,6 +61,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Read every table once before taking requests: with several workers, each worker
+        # accepts connections only when it can answer (a table it cannot read is reported by
+        # /readyz, as ever, and retried by the refresher).
+        await asyncio.to_thread(store.refresh)
         refresher.start()
         try:
             yield
