@@ -39,6 +39,7 @@ from sequence_platform.serving.app import create_app
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import Catalog, load_catalog
 from sequence_platform.storage.layout import TableLayout
+from sequence_platform_tests.realtime_runs import produce_and_index
 from sequence_platform_tests.serving.conftest import RunningServer, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,25 +163,6 @@ def world(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -
     defs = build_definitions(catalog=catalog, settings=settings_)
     stream = KafkaStream(kafka_broker.bootstrap)
 
-    def produce_and_index(records: list[dict[str, Any]], instance: dg.DagsterInstance) -> None:
-        stream.produce(
-            topic, [(str(r["user_id"]).encode(), json.dumps(r).encode()) for r in records]
-        )
-        sensor = defs.resolve_sensor_def("engagement_stream")
-        job = defs.resolve_job_def("realtime_engagement")
-        while True:
-            context = dg.build_sensor_context(
-                instance=instance, resources={"platform": defs.resources["platform"]}
-            )
-            tick = sensor(context)
-            if not isinstance(tick, dg.SensorResult):
-                return
-            for request in tick.run_requests or []:
-                result = job.execute_in_process(
-                    run_config=request.run_config, instance=instance, tags=request.tags
-                )
-                assert result.success
-
     first_half, second_half = stream_events[:40], stream_events[40:]
     try:
         with dg.instance_for_test() as instance:
@@ -194,12 +176,12 @@ def world(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -
                 keys=[dg.AssetKey(["features", "items"])],
             )
             assert all(run.success for run in feature_runs)
-            produce_and_index(first_half, instance)
+            produce_and_index(defs, stream, topic, first_half, instance)
             runs = materialize_days(defs, instance, MATERIALIZED[0], MATERIALIZED[-1])
             assert all(run.success and not run.failed_checks for run in runs), runs
             # Late and fresh events after the batch, then a day re-materialized after the
             # stream delivered to it.
-            produce_and_index(second_half, instance)
+            produce_and_index(defs, stream, topic, second_half, instance)
             again = materialize_days(defs, instance, MATERIALIZED[1], MATERIALIZED[1])
             assert all(run.success for run in again)
     finally:

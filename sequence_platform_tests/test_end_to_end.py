@@ -21,6 +21,7 @@ from sequence_platform.orchestration.runner import materialize_days
 from sequence_platform.serving.app import create_app
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
+from sequence_platform_tests.realtime_runs import produce_and_index
 from sequence_platform_tests.serving.conftest import RunningServer, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,33 +123,14 @@ def test_served_sequences_equal_the_rules_over_both_paths(
     defs = build_definitions(catalog=catalog, settings=settings)
     stream = KafkaStream(kafka_broker.bootstrap)
 
-    def produce_and_index(records: list[dict[str, Any]], instance: dg.DagsterInstance) -> None:
-        stream.produce(
-            topic, [(str(r["user_id"]).encode(), json.dumps(r).encode()) for r in records]
-        )
-        sensor = defs.resolve_sensor_def("engagement_stream")
-        job = defs.resolve_job_def("realtime_engagement")
-        while True:
-            context = dg.build_sensor_context(
-                instance=instance, resources={"platform": defs.resources["platform"]}
-            )
-            tick = sensor(context)
-            if not isinstance(tick, dg.SensorResult):
-                return
-            for request in tick.run_requests or []:
-                result = job.execute_in_process(
-                    run_config=request.run_config, instance=instance, tags=request.tags
-                )
-                assert result.success
-
     try:
         with dg.instance_for_test() as instance:
-            produce_and_index(STREAM_BEFORE_BATCH, instance)
+            produce_and_index(defs, stream, topic, STREAM_BEFORE_BATCH, instance)
             runs = materialize_days(defs, instance, D1, D3)
             assert [(r.key.to_user_string(), r.success, r.failed_checks) for r in runs] == [
                 (r.key.to_user_string(), True, []) for r in runs
             ]
-            produce_and_index(STREAM_AFTER_BATCH, instance)
+            produce_and_index(defs, stream, topic, STREAM_AFTER_BATCH, instance)
     finally:
         stream.close()
 
