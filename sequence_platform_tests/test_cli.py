@@ -27,6 +27,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The command started in the background, its output discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sequence_platform.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_validate_lists_the_example_definitions() -> None:
     result = run_cli("validate")
     assert result.returncode == 0, result.stderr
@@ -181,13 +192,7 @@ def test_a_killed_run_is_marked_failed_not_left_started(tmp_path: Path) -> None:
     }
     prepared = run_cli("materialize", "--end", "2026-03-01", "--select", "features/items", env=env)
     assert prepared.returncode == 0, prepared.stderr
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "sequence_platform.cli", "materialize", "--end", "2026-03-05"],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    victim = start_cli("materialize", "--end", "2026-03-05", env=env)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
         deadline = time.monotonic() + 120
@@ -212,13 +217,7 @@ def test_a_killed_run_is_marked_failed_not_left_started(tmp_path: Path) -> None:
         assert "ended without reporting" in (failure[-1].message or "")
 
     # A second victim, this time found by the next ``materialize``, which then succeeds.
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "sequence_platform.cli", "materialize", "--end", "2026-03-05"],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    victim = start_cli("materialize", "--end", "2026-03-05", env=env)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         while not instance.get_runs(filters=started):
             assert victim.poll() is None, "the run ended before it could be killed"
