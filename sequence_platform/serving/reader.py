@@ -21,8 +21,6 @@ the typed values the same way. A property test proves the result equal to the en
 from __future__ import annotations
 
 import itertools
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sequence_platform.serving.columns import binary_offsets, int64_values
-from sequence_platform.serving.instants import PastReads
 from sequence_platform.serving.query import SequenceQuery
 from sequence_platform.serving.store import (
     ONE_US,
@@ -493,7 +490,7 @@ def read_sequences(store: SnapshotStore, catalog: Catalog, query: SequenceQuery)
     else:
         users = np.unique(np.asarray(query.user_ids, dtype=np.int64))
         version = table.latest.table_version
-        snapshot = _past_reads(store).snapshot_at(spec, users, query.at, version)
+        snapshot = store.past.snapshot_at(spec, users, query.at, version)
     return serve_sequences(query, catalog, snapshot, store.tail_of(spec), store.features)
 
 
@@ -503,18 +500,6 @@ def reads_from_memory(store: SnapshotStore, query: SequenceQuery) -> bool:
     its day (once per day, then cached) and combines them per request."""
     cutoff = store.snapshots[query.spec.name].latest.cutoff
     return cutoff is None or query.at >= cutoff
-
-
-_PAST: weakref.WeakKeyDictionary[SnapshotStore, PastReads] = weakref.WeakKeyDictionary()
-_PAST_LOCK = threading.Lock()
-
-
-def _past_reads(store: SnapshotStore) -> PastReads:
-    with _PAST_LOCK:
-        past = _PAST.get(store)
-        if past is None:
-            past = _PAST[store] = PastReads(store.catalog, store.layout)
-        return past
 
 
 def serve_sequences(

@@ -770,6 +770,10 @@ class SnapshotStore:
         self.features = {table: FeatureVersions(table, catalog, layout) for table in tables}
         self._refresh_lock = threading.Lock()
         self.refreshes = 0
+        # Reads before the newest snapshot's cutoff; imported here, as its module imports this one.
+        from sequence_platform.serving.instants import PastReads
+
+        self.past = PastReads(catalog, layout)
 
     def tables(self) -> Iterator[WatchedTable]:
         yield from self.snapshots.values()
