@@ -8,8 +8,7 @@ Annotations stay real objects here (no postponed evaluation): Dagster inspects t
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, timedelta
 
 import dagster as dg
@@ -36,6 +35,7 @@ from sequence_platform.runtime.batch import (
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec, TrainingSetSpec
 from sequence_platform.spec.types import type_name_of
+from sequence_platform.storage.delta import DT, day_range
 
 progress = logging.getLogger(PROGRESS_LOGGER)
 """One line per chunk of days written, for whoever runs the assets in process to show."""
@@ -77,35 +77,36 @@ def column_schema(schema: pl.Schema) -> dg.TableSchema:
     )
 
 
-def _result(
-    outcomes: list[StepOutcome],
-    start: date,
-    end: date,
-    found: list[dg.AssetCheckResult],
-    extra: dict[str, int | float | str],
-    seconds: float,
-) -> dg.MaterializeResult:
-    rows = sum(outcome.stats.rows for outcome in outcomes)
-    totals: dict[str, int | float | str] = {}
-    for outcome in outcomes:
-        for name, value in outcome.extra.items():
-            previous = totals.get(name, 0)
-            summable = isinstance(value, int | float) and isinstance(previous, int | float)
-            totals[name] = previous + value if summable else value  # type: ignore[operator]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": rows,
-            "rows": rows,
-            "bytes": dg.MetadataValue.int(sum(o.stats.bytes for o in outcomes)),
-            "files": sum(outcome.stats.files for outcome in outcomes),
-            "duration_s": dg.MetadataValue.float(round(seconds, 3)),
-            "chunks": len(outcomes),
-            "delta_version": outcomes[-1].stats.version if outcomes else -1,
-            "days": f"{start.isoformat()}..{end.isoformat()}",
-            **totals,
-            **extra,
-        },
-        check_results=found,
+def _day_metadata(
+    outcome: StepOutcome, day: date, share: float, chunk: str, seconds: float
+) -> "dict[str, dg.RawMetadataValue]":
+    """What one day of a chunk wrote: its own rows, bytes and files, its counts, and its
+    share of the chunk's time (days of a chunk are computed together)."""
+    figures = outcome.stats.days[day]
+    return {
+        "dagster/row_count": figures.rows,
+        "rows": figures.rows,
+        "bytes": dg.MetadataValue.int(figures.bytes),
+        "files": figures.files,
+        "duration_s": dg.MetadataValue.float(round(seconds * share, 3)),
+        "chunk": chunk,
+        "chunk_duration_s": dg.MetadataValue.float(round(seconds, 3)),
+        "delta_version": outcome.stats.version,
+        **{name: counts.get(day, 0) for name, counts in outcome.counts.items()},
+    }
+
+
+def _evaluation(
+    key: dg.AssetKey, day: date, result: dg.AssetCheckResult
+) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=key,
+        check_name=str(result.check_name),
+        passed=result.passed,
+        metadata=result.metadata,
+        severity=result.severity,
+        description=result.description,
+        partition=day.isoformat(),
     )
 
 
@@ -125,16 +126,16 @@ def _daily_asset(
     checker: Checker,
     finisher: Finisher | None = None,
 ) -> dg.AssetsDefinition:
+    specs = checks.check_specs(key, check_names, partitions)
+
     def _materialize(
         context: dg.AssetExecutionContext, platform: PlatformResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.Output[None]]:
         claim_run(context)
         start, end = partition_days(context)
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
-        began_run = time.perf_counter()
         batch = platform.batch_context(catalog)
-        outcomes: list[StepOutcome] = []
-        found: list[tuple[str, list[dg.AssetCheckResult]]] = []
+        evaluations: list[dg.AssetCheckEvaluation] = []
         rows_per_day = input_rows(batch, group, name, start, end)
         for first, last in plan_chunks(rows_per_day, start, end):
             began = time.perf_counter()
@@ -147,19 +148,39 @@ def _daily_asset(
                     metadata={"file": str(error.path), "day": error.day.isoformat()},
                     allow_retries=False,
                 ) from None
-            days = first.isoformat() if first == last else f"{first}..{last}"
-            found.append((days, checker(outcome.written)))
-            # Only the figures stay: memory follows one chunk of days, not the range.
-            outcomes.append(replace(outcome, written=outcome.written.clear()))
-            line = (
-                f"{key.to_user_string()} {days}: {outcome.stats.rows:,} rows "
-                f"in {time.perf_counter() - began:.2f}s"
-            )
+            seconds = time.perf_counter() - began
+            chunk = first.isoformat() if first == last else f"{first}..{last}"
+            days = day_range(first, last)
+            by_day = outcome.written.partition_by(DT, as_dict=True, include_key=True)
+            empty = outcome.written.clear()
+            total = sum(rows_per_day.get(day, 0) for day in days)
+            for day in days:
+                share = rows_per_day.get(day, 0) / total if total else 1 / len(days)
+                context.add_asset_metadata(
+                    _day_metadata(outcome, day, share, chunk, seconds),
+                    partition_key=day.isoformat(),
+                )
+                written = by_day.get((day,), empty)
+                evaluations += [_evaluation(key, day, found) for found in checker(written)]
+            line = f"{key.to_user_string()} {chunk}: {outcome.stats.rows:,} rows in {seconds:.2f}s"
             context.log.info(line)
             progress.info(line)
-        extra = finisher(batch, name) if finisher is not None else {}
-        seconds = time.perf_counter() - began_run
-        return _result(outcomes, start, end, checks.combine(found), extra, seconds)
+            # Only the figures stay: memory follows one chunk of days, not the range.
+            del outcome, by_day
+        if finisher is not None:
+            for figure, value in finisher(batch, name).items():
+                context.log.info(f"{key.to_user_string()}: {figure} = {value}")
+        # One materialization per day, each with that day's metadata; then each day's checks
+        # (Dagster's check results carry no partition in a range run, evaluations do).
+        yield dg.MaterializeResult()
+        selected = context.selected_asset_check_keys
+        for evaluation in evaluations:
+            if evaluation.asset_check_key in selected:
+                context.log_event(evaluation)
+        for check in selected:
+            yield dg.Output(
+                None, output_name=context.assets_def.get_output_name_for_asset_check_key(check)
+            )
 
     # backfill_policy is marked beta; we rely on it knowingly and keep the logs clean.
     with warnings.catch_warnings():
@@ -171,7 +192,7 @@ def _daily_asset(
             partitions_def=partitions,
             backfill_policy=dg.BackfillPolicy.single_run(),
             deps=list(deps),
-            check_specs=checks.check_specs(key, check_names),
+            check_specs=specs,
             kinds={"polars", "delta"},
             metadata={"table_uri": table_uri, "dagster/column_schema": column_schema(schema)},
         )

@@ -74,11 +74,10 @@ def materialize_days(
 
 
 def _summarize(key: dg.AssetKey, result: dg.ExecuteInProcessResult) -> AssetRun:
-    # One materialization per partition, all carrying the metadata of the whole range.
+    # One materialization per day, each carrying that day's figures.
     materializations = result.asset_materializations_for_node(_node_name(key))
-    metadata = materializations[0].metadata if materializations else {}
-    rows = _number(metadata.get("rows"))
-    seconds = _number(metadata.get("duration_s"))
+    rows = sum(_number(m.metadata.get("rows")) for m in materializations)
+    seconds = sum(_number(m.metadata.get("duration_s")) for m in materializations)
     failed: list[str] = []
     warnings: list[str] = []
     for evaluation in result.get_asset_check_evaluations():

@@ -56,7 +56,15 @@ class StepOutcome:
     written: pl.DataFrame
     """What was written for the days, for the asset checks."""
     stats: WriteStats
-    extra: dict[str, int | float | str] = field(default_factory=dict)
+    counts: dict[str, dict[date, int]] = field(default_factory=dict)
+    """Further figures of the step, each per day (dead letters, say)."""
+
+
+def per_day(frame: pl.DataFrame, column: str = DT) -> dict[date, int]:
+    """Rows of ``frame`` per value of its date column."""
+    if frame.is_empty():
+        return {}
+    return {day: int(rows) for day, rows in frame.group_by(column).len().iter_rows()}
 
 
 CHUNK_ROWS = 300_000
@@ -138,14 +146,18 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     )
     # The stream's dead letters share the table; a landing day replaces only its own.
     _write_dead_letters(ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'")
-    from_stream = events.filter(~pl.col("event_id").is_in(landed["event_id"].implode())).height
+    from_landing = pl.col("event_id").is_in(landed["event_id"].implode())
+    kept = per_day(events.filter(from_landing))
+    landed_days = per_day(landed.select(pl.col("event_time").dt.date().alias(DT)))
     return StepOutcome(
         events,
         stats,
         {
-            "dead_letters": dead.height,
-            "from_stream_archive": from_stream,
-            "duplicates_dropped": landed.height - (events.height - from_stream),
+            "dead_letters": per_day(dead),
+            "from_stream_archive": per_day(events.filter(~from_landing)),
+            "duplicates_dropped": {
+                day: rows - kept.get(day, 0) for day, rows in landed_days.items()
+            },
         },
     )
 
@@ -199,7 +211,7 @@ def build_features(ctx: BatchContext, table: str, start: date, end: date) -> Ste
     stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
     dead = _landing_dead_letters(decoded, start, end)
     _write_dead_letters(ctx, table, dead, start, end)
-    return StepOutcome(rows, stats, {"dead_letters": dead.height})
+    return StepOutcome(rows, stats, {"dead_letters": per_day(dead)})
 
 
 def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:
@@ -284,7 +296,10 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
     return StepOutcome(
         written,
         stats,
-        {"spine_rows": spine.height, "dead_letters": dead.height},
+        {
+            "spine_rows": per_day(spine.select(pl.col("ts").dt.date().alias(DT))),
+            "dead_letters": per_day(dead),
+        },
     )
 
 

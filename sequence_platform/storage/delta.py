@@ -21,12 +21,23 @@ COMMIT_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
+class DayStats:
+    """What one day (partition) of a table holds after a write."""
+
+    rows: int
+    bytes: int
+    files: int
+
+
+@dataclass(frozen=True)
 class WriteStats:
     rows: int
     bytes: int
     files: int
     version: int
     seconds: float
+    days: dict[date, DayStats]
+    """Every day of the write, those left empty included."""
 
 
 def day_range(start: date, end: date) -> list[date]:
@@ -78,13 +89,14 @@ def overwrite_days(
         storage_options=storage_options or None,
     )
     table.update_incremental()
-    files, size = partition_files(table, start, end)
+    days = day_stats(table, frame, start, end)
     return WriteStats(
         rows=frame.height,
-        bytes=size,
-        files=files,
+        bytes=sum(day.bytes for day in days.values()),
+        files=sum(day.files for day in days.values()),
         version=table.version(),
         seconds=time.perf_counter() - began,
+        days=days,
     )
 
 
@@ -169,14 +181,25 @@ def committed_version(uri: str, app_id: str, storage_options: dict[str, str] | N
     return 0 if version is None else int(version)
 
 
-def partition_files(table: DeltaTable, start: date, end: date) -> tuple[int, int]:
-    """Number and total size in bytes of the data files of days ``start..end``."""
+def day_stats(
+    table: DeltaTable, frame: pl.DataFrame, start: date, end: date
+) -> dict[date, DayStats]:
+    """Rows written, and number and size of the data files, of each day ``start..end``."""
+    rows = dict(frame.group_by(DT).len().iter_rows()) if frame.height else {}
     actions = pl.DataFrame(table.get_add_actions(flatten=True))
-    if actions.is_empty():
-        return 0, 0
-    column = f"partition.{DT}"
-    mine = actions.filter(pl.col(column).is_between(start, end))
-    return mine.height, int(mine["size_bytes"].sum())
+    files: dict[date, tuple[int, int]] = {}
+    if not actions.is_empty():
+        column = f"partition.{DT}"
+        per_day = (
+            actions.filter(pl.col(column).is_between(start, end))
+            .group_by(column)
+            .agg(pl.len(), pl.col("size_bytes").sum())
+        )
+        files = {day: (int(count), int(size)) for day, count, size in per_day.iter_rows()}
+    return {
+        day: DayStats(int(rows.get(day, 0)), files.get(day, (0, 0))[1], files.get(day, (0, 0))[0])
+        for day in day_range(start, end)
+    }
 
 
 def records_per_day(

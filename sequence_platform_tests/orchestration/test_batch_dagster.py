@@ -12,11 +12,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 from sequence_platform.engine.sequence import assemble_snapshot, sequence_rows, snapshot_cutoff
 from sequence_platform.ingest.generate import GenerationConfig, GenerationSummary, generate_landing
 from sequence_platform.ingest.landing import landing_dir
 from sequence_platform.orchestration import build_definitions
+from sequence_platform.orchestration.checks import ORDERED
 from sequence_platform.orchestration.runner import computed_asset_keys, materialize_days
 from sequence_platform.runtime.snapshots import read_snapshot
 from sequence_platform.settings import PlatformSettings
@@ -89,6 +91,47 @@ def test_range_run_records_every_partition(platform: Platform) -> None:
         for spec in platform.defs.assets or []
         if isinstance(spec, dg.AssetsDefinition)
     )
+
+
+def test_each_day_of_a_range_run_records_its_own_figures_and_checks(platform: Platform) -> None:
+    """A range run is one run, but the UI shows each day as it is: that day's rows, bytes and
+    files in its materialization, and each check's result on the day it looked at."""
+    catalog = load_catalog()
+    spec = catalog.sequences["recent_saves"]
+    uri = platform.layout.sequence(spec)
+    table = DeltaTable(uri)
+    files = pl.DataFrame(table.get_add_actions(flatten=True))
+    rows = pl.read_delta(uri).group_by(DT).len()
+    key = dg.AssetKey(["sequences", "recent_saves"])
+    records = platform.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key), limit=100
+    ).records
+    latest: dict[str, dg.AssetMaterialization] = {}
+    for record in records:  # newest first
+        materialization = record.asset_materialization
+        assert materialization is not None and materialization.partition is not None
+        latest.setdefault(materialization.partition, materialization)
+    assert sorted(latest) == ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]
+    figures = set()
+    for partition, materialization in latest.items():
+        day = date.fromisoformat(partition)
+        mine = files.filter(pl.col(f"partition.{DT}") == day)
+        metadata = {name: value.value for name, value in materialization.metadata.items()}
+        assert metadata["rows"] == rows.filter(pl.col(DT) == day)["len"].item()
+        assert metadata["bytes"] == mine["size_bytes"].sum()
+        assert metadata["files"] == mine.height
+        figures.add(metadata["rows"])
+    assert len(figures) > 1, "every day shows the same figure: the range's, not its own"
+    evaluations = [
+        record.event_log_entry.dagster_event.event_specific_data
+        for record in platform.instance.get_records_for_run(
+            records[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
+        if record.event_log_entry.dagster_event is not None
+    ]
+    ordered = [e for e in evaluations if e.asset_key == key and e.check_name == ORDERED]
+    assert sorted(e.partition for e in ordered) == sorted(latest)
+    assert all(e.passed for e in ordered)
 
 
 def test_snapshot_equals_direct_computation(platform: Platform) -> None:
