@@ -13,6 +13,7 @@ from sequence_platform.runtime.batch import BatchContext
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.layout import TableLayout
+from sequence_platform.storage.maintenance import DEFAULT_RETENTION_HOURS
 
 
 class PlatformResource(dg.ConfigurableResource):
@@ -22,6 +23,7 @@ class PlatformResource(dg.ConfigurableResource):
     tables_root: str
     storage_options: dict[str, str] = {}
     kafka_bootstrap: str | None = None
+    vacuum_retention_hours: int = DEFAULT_RETENTION_HOURS
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings) -> PlatformResource:
@@ -30,6 +32,7 @@ class PlatformResource(dg.ConfigurableResource):
             tables_root=settings.tables_root,
             storage_options=dict(settings.storage_options),
             kafka_bootstrap=settings.kafka_bootstrap,
+            vacuum_retention_hours=settings.vacuum_retention_hours,
         )
 
     @contextmanager
