@@ -4,7 +4,8 @@ A micro-batch decodes and validates the messages (rejects to dead letters, with 
 and the offset), archives the raw events, runs each signal of the source through the engine
 (the very code the batch path runs) and appends to ``realtime/<signal>``. Every append records
 ``<topic>/<partition>`` at the range's end offset in the same Delta commit, so a retried,
-duplicated or overlapping run skips what a table already holds and never writes twice.
+duplicated or overlapping run skips what a table already holds and never writes twice. The
+messages of a forgotten user are consumed but not kept (see ``runtime.tombstones``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 import polars as pl
 from deltalake.exceptions import CommitFailedError, DeltaError
@@ -22,6 +23,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from sequence_platform.engine.decode import ORIGIN, REASON, RECORD, decode_json_records
 from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.stream import EventStream, StreamMessage, StreamUnavailable
+from sequence_platform.runtime.tombstones import Tombstones
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.delta import DT, append_once, committed_version, scan_days
 from sequence_platform.storage.layout import TableLayout
@@ -44,6 +46,8 @@ class MicroBatchOutcome:
     rejected: int
     appended: dict[str, int] = field(default_factory=dict)
     """Rows appended per table; a table that already held the range is absent."""
+    appended_days: dict[str, dict[date, int]] = field(default_factory=dict)
+    """The same rows per table and day (``dt``)."""
     watermark: datetime | None = None
     seconds: float = 0.0
 
@@ -97,6 +101,7 @@ class RealtimeWriter:
         self.layout = layout
         self.stream = stream
         self._features = dict(features) if features is not None else None
+        self.tombstones = Tombstones(layout)
 
     def tables(self, source: str) -> list[str]:
         """Every table a micro-batch of ``source`` appends to."""
@@ -154,17 +159,28 @@ class RealtimeWriter:
             )
             tables[self.layout.realtime(signal.name)] = rows
         appended: dict[str, int] = {}
+        appended_days: dict[str, dict[date, int]] = {}
         identity = app_id(spec.topic_name, partition)
         for uri, frame in tables.items():
             fresh = frame.filter(pl.col(STREAM_OFFSET) >= done[uri])
             try:
-                written = append_once(uri, fresh, identity, end, self.layout.storage_options)
+                written = append_once(
+                    uri,
+                    fresh,
+                    identity,
+                    end,
+                    self.layout.storage_options,
+                    keep=self.tombstones.keep,  # forgotten users' messages are consumed, unkept
+                )
             except CommitFailedError:
                 raise  # another writer won the race: the caller re-reads and retries
             except (DeltaError, OSError) as error:
                 raise RealtimeWriteFailed(uri, identity, done[uri], error) from error
             if written:
                 appended[uri] = fresh.height
+                appended_days[uri] = {
+                    day: int(rows) for day, rows in fresh.group_by(DT).len().iter_rows()
+                }
         watermark = archive["event_time"].max() if archive.height else None
         return MicroBatchOutcome(
             source,
@@ -175,6 +191,7 @@ class RealtimeWriter:
             archive.height,
             dead.height,
             appended,
+            appended_days,
             watermark if isinstance(watermark, datetime) else None,
             time.perf_counter() - began,
         )

@@ -13,6 +13,7 @@ never once per request.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from datetime import UTC, date, datetime, timedelta
@@ -22,12 +23,14 @@ import polars as pl
 
 from sequence_platform.engine.sequence import LENGTH, sequences_at
 from sequence_platform.runtime.reads import Reader
+from sequence_platform.serving.errors import NotLoaded
 from sequence_platform.serving.store import Snapshot, rows_of_keys
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
 from sequence_platform.storage.layout import TableLayout
 
 _AT = "__as_of"
+log = logging.getLogger(__name__)
 
 
 class PastReads:
@@ -58,6 +61,11 @@ class PastReads:
         frame = answered.filter(pl.col(LENGTH) > 0).drop(_AT)
         return Snapshot.of(frame, spec, self.catalog, day - timedelta(days=1), table_version)
 
+    def clear(self) -> None:
+        """Drop every day's rows (their users may have been forgotten since)."""
+        with self._lock:
+            self._days.clear()
+
     def _batch_rows(
         self, spec: SequenceSpec, day: date, table_version: int | None
     ) -> tuple[pl.DataFrame, np.ndarray]:
@@ -68,9 +76,15 @@ class PastReads:
                 self._days.move_to_end(key)
                 return found
         # Sorted by user, stably: the order within a user is the merge's priority order.
-        rows = (
-            self.reader.batch_rows_for_day(spec, day).collect().sort("user_id", maintain_order=True)
-        )
+        try:
+            rows = self.reader.batch_rows_for_day(spec, day).collect()
+        except Exception as error:
+            # A file vacuumed while it was read (a user forgotten meanwhile, say): transient.
+            log.warning("reading the batch rows of %s for %s failed: %s", spec.name, day, error)
+            raise NotLoaded(
+                f"the batch rows of '{spec.name}' for {day} cannot be read right now; retry"
+            ) from error
+        rows = rows.sort("user_id", maintain_order=True)
         found = (rows, rows["user_id"].to_numpy().astype(np.int64, copy=False))
         with self._lock:
             self._days[key] = found

@@ -124,11 +124,13 @@ class SnapshotFiles:
             raise
         return mapped
 
-    def remove_unused(self, *, force: bool = False) -> list[Path]:
-        """Remove the files no process maps and nobody wrote for ``keep_unused_seconds``.
+    def remove_unused(self, *, force: bool = False, older_than: float | None = None) -> list[Path]:
+        """Remove the files no process maps and nobody wrote for ``keep_unused_seconds`` (or
+        ``older_than`` seconds, 0 for any unmapped file, as after a user is forgotten).
 
         Runs at most once per that period unless ``force``; returns the files removed.
         """
+        keep = self.keep_unused_seconds if older_than is None else older_than
         now = time.time()
         if not force and now < self._next_cleaning:
             return []
@@ -142,7 +144,7 @@ class SnapshotFiles:
             if not entry.name.endswith((SUFFIX, TEMPORARY)):
                 continue
             try:
-                if now - entry.stat().st_mtime < self.keep_unused_seconds:
+                if now - entry.stat().st_mtime < keep:
                     continue
                 fd = os.open(entry.path, os.O_RDONLY)
             except FileNotFoundError:

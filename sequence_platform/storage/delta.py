@@ -7,8 +7,9 @@ so a re-run gives the same contents and a run that dies mid-write leaves the las
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
@@ -80,14 +81,24 @@ def overwrite_days(
     # Always a predicate overwrite, even on a table's first write: a whole-table overwrite
     # would wipe the days another writer committed since this one looked.
     table = ensure_table(uri, rows.schema, storage_options)
-    write_deltalake(
-        table,
-        rows,
-        mode="overwrite",
-        predicate=predicate,
-        partition_by=[DT],
-        storage_options=storage_options or None,
-    )
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            write_deltalake(
+                table,
+                rows,
+                mode="overwrite",
+                predicate=predicate,
+                partition_by=[DT],
+                storage_options=storage_options or None,
+            )
+            break
+        except CommitFailedError:
+            # A concurrent commit touched these days (a compaction rewrote their files, an
+            # append added to them): replacing them again on the new version is the same write.
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+            table.update_incremental()
     table.update_incremental()
     days = day_stats(table, frame, start, end)
     return WriteStats(
@@ -136,11 +147,15 @@ def append_once(
     app_id: str,
     version: int,
     storage_options: dict[str, str] | None = None,
+    *,
+    keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> bool:
     """Append ``frame`` and record ``app_id`` at ``version`` in the same Delta commit.
 
     Returns False, writing nothing, when the table already records ``version`` or later for
-    ``app_id``: a retried or duplicated writer cannot append twice.
+    ``app_id``: a retried or duplicated writer cannot append twice. ``keep`` filters the rows
+    at each attempt, after the version the commit is made against is read: a filter that reads
+    a changing input (the tombstones) is never older than the rows it commits on.
     """
     # No silent retry at the next version: a lost race must be re-checked, not re-applied.
     commit = CommitProperties(app_transactions=[Transaction(app_id, version)], max_commit_retries=0)
@@ -154,7 +169,7 @@ def append_once(
             # ``app_id`` in between, Delta refuses this commit instead of appending twice.
             write_deltalake(
                 table,
-                rows,
+                rows if keep is None else keep(frame).to_arrow(),
                 mode="append",
                 partition_by=[DT],
                 schema_mode="merge",
@@ -228,12 +243,18 @@ def scan_days(
     start: date | None = None,
     end: date | None = None,
     storage_options: dict[str, str] | None = None,
+    *,
+    as_of: datetime | None = None,
 ) -> pl.LazyFrame:
-    """Rows of days ``start..end`` (open ends read everything) with columns cast to ``schema``.
+    """Rows of days ``start..end`` (open ends read everything) with columns cast to ``schema``;
+    with ``as_of``, as the table stood at that moment (see ``open_table_as_of``).
 
     A table that does not exist yet reads as empty, so a first run needs no special case.
     """
-    table = open_table(uri, storage_options)
+    if as_of is None:
+        table = open_table(uri, storage_options)
+    else:
+        table = open_table_as_of(uri, as_of, storage_options)
     if table is None:
         return pl.LazyFrame(schema={DT: pl.Date(), **dict(schema)})
     frame = pl.scan_delta(table)
@@ -242,6 +263,24 @@ def scan_days(
     if end is not None:
         frame = frame.filter(pl.col(DT) <= end)
     return frame.select(pl.col(DT), *(pl.col(name).cast(dtype) for name, dtype in schema.items()))
+
+
+def open_table_as_of(
+    uri: str, moment: datetime, storage_options: dict[str, str] | None = None
+) -> DeltaTable | None:
+    """The table at the newest version committed by ``moment``, or None when it did not exist
+    then. Older versions stay readable until vacuum removes their files (a week by default)."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        return None
+    table.load_as_version(moment)
+    if table.version() == 0:
+        # delta-rs loads version 0 for any moment before it; its files say when it was written.
+        written = pl.DataFrame(table.get_add_actions(flatten=True))
+        earliest = written["modification_time"].min() if written.height else None
+        if isinstance(earliest, int) and earliest > moment.timestamp() * 1000:
+            return None
+    return table
 
 
 def table_version(uri: str, storage_options: dict[str, str] | None = None) -> int | None:

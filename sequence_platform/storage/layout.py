@@ -39,3 +39,10 @@ class TableLayout:
 
     def training(self, training_set: str) -> str:
         return self._table("training", training_set)
+
+    def tombstones(self) -> str:
+        """The users forgotten (``sequence-platform forget-user``): every write leaves them out."""
+        return f"{self.root.rstrip('/')}/{TOMBSTONES}"
+
+
+TOMBSTONES = "tombstones"
