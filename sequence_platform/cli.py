@@ -1,5 +1,5 @@
 """The ``sequence-platform`` command: demo, generate, materialize, produce, index,
-training-set, serve, validate."""
+training-set, serve, forget-user, validate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import argparse
 import itertools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from datetime import UTC, date, datetime, timedelta
@@ -137,10 +139,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(command=_serve)
 
+    forget = commands.add_parser(
+        "forget-user",
+        help="delete every row of users from every table, vacuum, and keep a tombstone",
+    )
+    forget.add_argument("user_ids", nargs="+", type=_user_id, metavar="USER_ID")
+    forget.set_defaults(command=_forget_user)
+
     validate = commands.add_parser("validate", help="check the definitions and explain mistakes")
     validate.add_argument("folder", nargs="?", type=Path, help="default: the definitions package")
     validate.set_defaults(command=_validate)
     return parser
+
+
+def _user_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a user id is an integer, not {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"user id {text} is outside the int64 range")
+    return value
 
 
 def _at_least_one(text: str) -> int:
@@ -353,13 +372,21 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    import dagster as dg
+
     from sequence_platform.ingest.stream import open_stream
+    from sequence_platform.orchestration.realtime import IndexerReporter
     from sequence_platform.runtime.live import ContinuousIndexer, IndexerSettings
     from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriteFailed
     from sequence_platform.storage.layout import TableLayout
 
     settings = PlatformSettings()
     catalog = load_catalog(settings.definitions)
+    layout = TableLayout(settings.tables_root, dict(settings.storage_options))
+    _prepare_dagster_home()
+    # The indexer's appends are recorded in Dagster like the micro-batch job's.
+    instance = dg.DagsterInstance.get()
+    recorder = IndexerReporter(instance, catalog, layout)
     stream = open_stream(settings.kafka_bootstrap, settings.home)
 
     def report(outcome: MicroBatchOutcome) -> None:
@@ -369,13 +396,14 @@ def _index(args: argparse.Namespace) -> int:
             f"({outcome.seconds * 1000:.0f} ms)",
             flush=True,
         )
+        recorder(outcome)
 
     def warn(error: Exception) -> None:
         print(f"  stream unavailable, retrying: {error}", file=sys.stderr, flush=True)
 
     indexer = ContinuousIndexer(
         catalog,
-        TableLayout(settings.tables_root, dict(settings.storage_options)),
+        layout,
         stream,
         IndexerSettings(max_batch_messages=args.max_batch),
         on_batch=report,
@@ -402,6 +430,8 @@ def _index(args: argparse.Namespace) -> int:
         return 2
     finally:
         stream.close()
+        recorder.flush()
+        instance.dispose()
     return 0
 
 
@@ -462,6 +492,41 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_user(args: argparse.Namespace) -> int:
+    from deltalake.exceptions import DeltaError
+
+    from sequence_platform.runtime.forget import ForgetIncomplete, forget_users
+    from sequence_platform.serving.app import snapshot_folder
+    from sequence_platform.serving.snapshot_files import SnapshotFiles
+    from sequence_platform.storage.layout import TableLayout
+
+    settings = PlatformSettings()
+    layout = TableLayout(settings.tables_root, dict(settings.storage_options))
+    users = ", ".join(str(user) for user in args.user_ids)
+    print(f"Forgetting user(s) {users} in {settings.tables_root}")
+    try:
+        outcome = forget_users(layout, args.user_ids)
+    except (ForgetIncomplete, DeltaError) as error:  # a commit race lost too often, a bad table
+        print(f"Forgetting did not complete: {error}", file=sys.stderr)
+        print("Running the same command again is safe, and completes it.", file=sys.stderr)
+        return 1
+    for table in outcome.tables:
+        print(
+            f"  {table.table:<40} {table.rows_deleted:>8,} rows deleted"
+            f"  {table.files_vacuumed:>5,} files vacuumed"
+        )
+    # A running read service drops its own copies when it sees the tombstones; these files
+    # are the ones no process maps any more.
+    removed = SnapshotFiles(snapshot_folder(settings)).remove_unused(force=True, older_than=0)
+    print(
+        f"Deleted {outcome.rows_deleted:,} rows of user(s) {users} from {len(outcome.tables)} "
+        f"tables and {len(removed)} cached snapshot files; tombstones recorded at "
+        f"{outcome.forgotten_at.isoformat(timespec='milliseconds')}. Landing files are yours "
+        "to purge: later runs leave these users out of them."
+    )
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     settings = PlatformSettings()
     catalog = load_catalog(args.folder or settings.definitions)
@@ -480,37 +545,85 @@ def _demo(args: argparse.Namespace) -> int:
     if code or args.no_serve:
         return code
     base = f"http://{args.host}:{args.port}"
-    server, indexer = _start_live_services(args.host, args.port)
+    # Explicit handlers: a shell or make may start the demo in the background with SIGINT
+    # ignored, and Dagster's run leaves SIGTERM mapped to whatever SIGINT's handler was.
+    stop = DemoStop()
+    stop.install()
+    services = _start_live_services(args.host, args.port)
     try:
-        _show_live_events(base, indexer)
+        _show_live_events(base, services.indexer, stop.requested)
     except Exception as error:  # the demo goes on serving even if the live show stumbles
         print(f"  (live events could not be shown: {error})")
+    _print_demo_commands(base, args.end)
+    while services.running() and not stop.requested.wait(0.5):
+        pass
+    services.stop()
+    how = f" ({stop.signal_name})" if stop.signal_name else ""
+    print(f"\nThe demo stopped{how}: the read service and the indexer are shut down.", flush=True)
+    return 0
+
+
+class DemoStop:
+    """SIGINT (Ctrl-C) and SIGTERM ask the demo to stop; the main thread then shuts the
+    services down in order and returns, so no thread is left running at interpreter exit."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.signal_name: str | None = None
+
+    def install(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame: object) -> None:
+        self.signal_name = signal.Signals(number).name
+        self.requested.set()
+
+
+def _print_demo_commands(base: str, last_day: date) -> None:
+    """What to try next, with the days the demo wrote (the last of them is ``last_day``)."""
     print(
         "\nThe read service and the real-time indexer are running. Try, in another terminal:\n"
         f"  curl -s '{base}/v1/sequences/recent_engagement/1?max_length=5' | python -m json.tool\n"
         f"  curl -s '{base}/v1/sequences/recent_saves/2?fields=item_id,category,current_category"
         "&format=columnar'\n"
+        f"  curl -s '{base}/v1/sequences/recent_saves/2?as_of={last_day}T12:00:00Z"
+        "&max_age_seconds=21600'\n"
         f"  curl -s -X POST '{base}/v1/sequences/recent_saves/batch' "
         "-H 'content-type: application/json' -d '{\"user_ids\": [1, 2, 3], \"max_length\": 3}'\n"
         f"  curl -s '{base}/v1/definitions'\n"
         "  uv run sequence-platform produce --rate 200   # live events, indexed within a second\n"
+        f"  uv run sequence-platform materialize --start {last_day} --end {last_day}"
+        "   # rebuild a day\n"
         f"  open {base}/docs for the API reference; 'make ui' for the Dagster UI.\n"
         "Ctrl-C stops the demo."
     )
-    try:
-        while server.started and not server.should_exit:
-            time.sleep(0.5)
-    finally:
-        server.should_exit = True
-        indexer.stop()
-        indexer.stream.close()
-    return 0
 
 
-def _start_live_services(host: str, port: int) -> tuple[Any, Any]:
-    """The read service and the continuous indexer, each on a background thread."""
-    import threading
+class LiveServices:
+    """The demo's read service and continuous indexer, each on its own thread."""
 
+    def __init__(self, server: Any, indexer: Any) -> None:
+        self.server = server
+        self.indexer = indexer
+        self.server_thread = threading.Thread(target=server.run, name="read-service", daemon=True)
+        self.indexer_thread = threading.Thread(target=indexer.run, name="indexer", daemon=True)
+
+    def running(self) -> bool:
+        return self.server_thread.is_alive() and not self.server.should_exit
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """The server first (it stops taking requests, then its refresher), then the indexer
+        (it finishes the micro-batch it is in), then the stream."""
+        self.server.should_exit = True
+        self.server_thread.join(timeout)
+        self.indexer.stop()
+        self.indexer_thread.join(timeout)
+        self.indexer.stream.close()
+
+
+def _start_live_services(host: str, port: int) -> LiveServices:
+    """The read service and the continuous indexer, started."""
     import uvicorn
 
     from sequence_platform.ingest.stream import open_stream
@@ -522,21 +635,23 @@ def _start_live_services(host: str, port: int) -> tuple[Any, Any]:
     catalog = load_catalog(settings.definitions)
     app = create_app(settings, catalog=catalog, refresh_interval=0.25)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="read-service", daemon=True).start()
     layout = TableLayout(settings.tables_root, dict(settings.storage_options))
     indexer = ContinuousIndexer(
         catalog, layout, open_stream(settings.kafka_bootstrap, settings.home)
     )
-    threading.Thread(target=indexer.run, name="indexer", daemon=True).start()
+    services = LiveServices(server, indexer)
+    services.server_thread.start()
+    services.indexer_thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not services.server_thread.is_alive():
+            services.stop()
             raise RuntimeError(f"the read service did not start on {host}:{port}; is it in use?")
         time.sleep(0.05)
-    return server, indexer
+    return services
 
 
-def _show_live_events(base: str, indexer: Any) -> None:
+def _show_live_events(base: str, indexer: Any, stop: threading.Event) -> None:
     """Produce a few live events for user 1 and show each one arriving in the API."""
     import httpx
 
@@ -549,7 +664,8 @@ def _show_live_events(base: str, indexer: Any) -> None:
         while client.get(f"{base}/readyz").status_code != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError("the read service did not become ready")
-            time.sleep(0.1)
+            if stop.wait(0.1):
+                return
         print(f"\nLive events for user {user}, produced now and read back from {path}:")
         for number in range(1, 4):
             event_id = f"live-{int(time.time() * 1000)}-{number}"
@@ -570,13 +686,15 @@ def _show_live_events(base: str, indexer: Any) -> None:
                     break
                 if time.monotonic() - sent > 15:
                     raise RuntimeError(f"{event_id} did not appear within 15 s")
-                time.sleep(0.02)
+                if stop.wait(0.02):
+                    return
             newest = ", ".join(e["event_id"] for e in body["events"])
             print(
                 f"  {event_id} served after {time.monotonic() - sent:.2f}s "
                 f"(newest 3: {newest}; from real time: {body['provenance']['from_realtime']})"
             )
-            time.sleep(0.5)
+            if stop.wait(0.5):
+                return
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -18,10 +19,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sequence_platform.serving.context import ServingContext
+from sequence_platform.serving.docs import add_offline_docs
 from sequence_platform.serving.errors import ServingError
+from sequence_platform.serving.logs import LOG_CONFIG, log_json_to_stderr
 from sequence_platform.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from sequence_platform.serving.refresher import StoreRefresher
-from sequence_platform.serving.routers import definitions, health, sequences
+from sequence_platform.serving.routers import admin, definitions, health, sequences
 from sequence_platform.serving.snapshot_files import SnapshotFiles
 from sequence_platform.serving.store import SnapshotStore, describe_error
 from sequence_platform.settings import PlatformSettings
@@ -64,7 +67,7 @@ def create_app(
         # Read every table once before taking requests: with several workers, each worker
         # accepts connections only when it can answer (a table it cannot read is reported by
         # /readyz, as ever, and retried by the refresher).
-        await asyncio.to_thread(store.refresh)
+        await asyncio.to_thread(refresher.refresh)
         refresher.start()
         try:
             yield
@@ -76,14 +79,21 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local files: see add_offline_docs
+        redoc_url=None,
     )
     app.state.serving = context
     app.include_router(sequences.router)
     app.include_router(definitions.router)
     app.include_router(health.router)
+    add_offline_docs(app)  # after the API's routes, which are matched first
+    if settings.admin_token:  # no token configured: the admin endpoints do not exist
+        app.include_router(admin.admin_router(settings.admin_token))
     # The last added is the outermost: metrics see the 500 that the error middleware writes.
     app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
+    app.add_middleware(
+        RequestMetricsMiddleware, metrics=context.metrics, access_log=settings.access_log
+    )
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
@@ -96,7 +106,7 @@ def snapshot_folder(settings: PlatformSettings) -> Path:
 
 def create_app_from_environment() -> FastAPI:
     """The app of each worker process of ``serve(workers=N)``: settings from the environment."""
-    _log_to_stderr()
+    log_json_to_stderr()
     return create_app(PlatformSettings())
 
 
@@ -112,18 +122,23 @@ def serve(
 
     Each worker keeps its own small state (versions, real-time rows, feature versions) and maps
     the same snapshot files, so memory does not grow with the number of workers. Requests are
-    counted and timed in ``/metrics``; a log line per request (``access_log``) costs about a
-    quarter of the throughput of a fetch, so it is off unless asked for.
+    counted and timed in ``/metrics``; a log line per request (``access_log``, or
+    ``settings.access_log``) costs about a quarter of the throughput of a fetch, so it is off
+    unless asked for. Every log line is a JSON object on stderr (see ``logs``).
     """
-    _log_to_stderr()
+    log_json_to_stderr()
     settings = settings or PlatformSettings()
+    if access_log:
+        settings = settings.model_copy(update={"access_log": True})
     catalog = load_catalog(settings.definitions)
     _warn_about_tables(settings, catalog)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "info",
-        "access_log": access_log,
+        "log_config": copy.deepcopy(LOG_CONFIG),
+        # uvicorn's access log is off: the app writes its own (see RequestMetricsMiddleware).
+        "access_log": False,
     }
     if workers == 1:
         uvicorn.run(create_app(settings, catalog=catalog), **options)
@@ -137,12 +152,6 @@ def serve(
             os.environ[variable] = value if isinstance(value, str) else json.dumps(value)
     target = f"{__name__}:{create_app_from_environment.__name__}"
     uvicorn.run(target, factory=True, workers=workers, **options)
-
-
-def _log_to_stderr() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def _warn_about_tables(settings: PlatformSettings, catalog: Catalog) -> None:

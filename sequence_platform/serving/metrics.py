@@ -1,53 +1,69 @@
-"""Prometheus metrics of one app: requests by route and status, and the store's tables.
+"""Prometheus metrics of one app: requests by route, sequence and status, and the store's tables
+(snapshot age, real-time lag, dead letters), read at scrape time.
 
 Each app has its own ``CollectorRegistry``, so apps (and tests) never share counters.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sequence_platform.serving.logs import ACCESS_LOGGER
 from sequence_platform.serving.store import SnapshotStore
 
 PREFIX = "sequence_platform"
 UNMATCHED = "unmatched"
 """Route label of requests no route matched, so that random paths cannot add label values."""
+access_log = logging.getLogger(ACCESS_LOGGER)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ServingMetrics:
     def __init__(self, store: SnapshotStore) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["method", "route", "status"]
         self.requests = Counter(
             f"{PREFIX}_http_requests",
             "HTTP requests answered, by route template and status.",
-            labels,
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             f"{PREFIX}_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template and status.",
-            labels,
+            "Time to answer an HTTP request, by route template, sequence (empty for a route "
+            "without one, or a name that is not a sequence) and status class (2xx, 4xx, 5xx).",
+            ["route", "sequence", "status_class"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
         self.registry.register(StoreCollector(store))
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.sequences = frozenset(store.catalog.sequences)
+        """Names the ``sequence`` label may take: random paths cannot add label values."""
+        self._children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
+    def sequence_label(self, path_params: dict[str, Any] | None) -> str:
+        """The sequence a request asked for when it is one, else empty."""
+        name = path_params.get("sequence") if path_params else None
+        return name if name in self.sequences else ""
+
+    def observe(self, method: str, route: str, status: int, sequence: str, seconds: float) -> None:
+        key = (method, route, status, sequence)
         children = self._children.get(key)
         if children is None:
             # Looked up once per label set (a few per route), not per request.
-            labels = (method, route, str(status))
-            children = self.requests.labels(*labels), self.latency.labels(*labels)
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(route, sequence, f"{status // 100}xx"),
+            )
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
@@ -80,6 +96,12 @@ class StoreCollector(Collector):
             "Older snapshot partitions held in the LRU cache.",
             labels=["sequence"],
         )
+        age = GaugeMetricFamily(
+            f"{PREFIX}_snapshot_age_seconds",
+            "Now minus the cutoff of the latest snapshot partition in memory.",
+            labels=["sequence"],
+        )
+        now = datetime.now(UTC)
         for name, table in self.store.snapshots.items():
             status = table.status
             version.add_metric([name], -1 if status.version is None else status.version)
@@ -87,12 +109,37 @@ class StoreCollector(Collector):
             latest_cutoff = table.latest.cutoff
             if latest_cutoff is not None:
                 cutoff.add_metric([name], latest_cutoff.timestamp())
+                age.add_metric([name], (now - latest_cutoff).total_seconds())
             cached.add_metric([name], len(table.older))
-        yield from (version, rows, cutoff, cached)
+        yield from (version, rows, cutoff, age, cached)
+
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_realtime_lag_seconds",
+            "Now minus the newest event_time before now among the real-time rows in memory "
+            "(the watermark a read now reports); absent while there is none.",
+            labels=["signal"],
+        )
+        for signal, tail in self.store.tails.items():
+            watermark = tail.watermark_before(now)
+            if watermark is not None:
+                lag.add_metric([signal], (now - watermark).total_seconds())
+        yield lag
+
+        dead = GaugeMetricFamily(
+            f"{PREFIX}_dead_letters",
+            "Records in dead_letters/<source> (a source's or a feature table's rejected "
+            "records), as of the table version last read; 0 while the table does not exist.",
+            labels=["source"],
+        )
+        for name, counted in self.store.dead_letters.items():
+            if counted.status.loaded:
+                dead.add_metric([name], counted.status.rows)
+        yield dead
 
         table_rows = GaugeMetricFamily(
             f"{PREFIX}_table_rows",
-            "Rows in memory per table (snapshot: latest partition).",
+            "Rows in memory per table (snapshot: latest partition; dead letters: records "
+            "counted from the Delta log, not held).",
             labels=["kind", "table"],
         )
         errors = CounterMetricFamily(
@@ -111,7 +158,7 @@ class StoreCollector(Collector):
             "0 before the first read and while it cannot (the service keeps what it read before).",
             labels=["kind", "table"],
         )
-        for watched in self.store.tables():
+        for watched in self.store.watched():
             status = watched.status
             table_rows.add_metric([status.kind, status.name], status.rows)
             errors.add_metric([status.kind, status.name], status.errors)
@@ -128,11 +175,13 @@ class StoreCollector(Collector):
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by its route template (not its raw path)."""
+    """Counts and times every HTTP request by its route template (not its raw path) and its
+    sequence; with ``access_log``, also logs it as one line (see ``logs``)."""
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -150,6 +199,40 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_remember)
         finally:
+            seconds = time.perf_counter() - began
             route = getattr(scope.get("route"), "path", UNMATCHED)
             method = scope["method"] if scope["method"] in METHODS else "other"
-            self.metrics.observe(method, route, status, time.perf_counter() - began)
+            params = scope.get("path_params")
+            sequence = self.metrics.sequence_label(params)
+            self.metrics.observe(method, route, status, sequence, seconds)
+            if self.access_log:
+                log_request(scope, method, route, sequence, params, status, seconds)
+
+
+def log_request(
+    scope: Scope,
+    method: str,
+    route: str,
+    sequence: str,
+    params: dict[str, Any] | None,
+    status: int,
+    seconds: float,
+) -> None:
+    user_id = (params or {}).get("user_id")
+    with suppress(TypeError, ValueError):
+        user_id = None if user_id is None else int(user_id)
+    access_log.info(
+        "%s %s %d",
+        method,
+        scope["path"],
+        status,
+        extra={
+            "method": method,
+            "route": route,
+            "path": scope["path"],
+            "sequence": sequence or None,
+            "user_id": user_id,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 3),
+        },
+    )

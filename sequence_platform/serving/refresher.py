@@ -34,13 +34,28 @@ class StoreRefresher:
             self._thread.join(timeout)
             self._thread = None
 
+    def refresh(self) -> None:
+        """One refresh of every table, each table reloaded logged (a line per table)."""
+        for status in self.store.refresh():
+            version = "absent" if status.version is None else f"version {status.version}"
+            log.info(
+                "loaded %s table %s (%s)",
+                status.kind,
+                status.name,
+                version,
+                extra={
+                    "event": "refresh",
+                    "kind": status.kind,
+                    "table": status.name,
+                    "version": status.version,
+                    "rows": status.rows,
+                },
+            )
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                reloaded = self.store.refresh()
-                for status in reloaded:
-                    version = "absent" if status.version is None else f"version {status.version}"
-                    log.info("loaded %s table %s (%s)", status.kind, status.name, version)
+                self.refresh()
             except Exception:
                 # Per-table failures are caught in the store; this is a bug, keep refreshing.
                 log.exception("store refresh failed")

@@ -37,6 +37,7 @@ from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff, s
 from sequence_platform.engine.signal import latest_feature_versions
 from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.runtime.snapshots import snapshot_from_table
+from sequence_platform.runtime.tombstones import read_forgotten
 from sequence_platform.serving.columns import (
     JSON_PREFIX,
     NULL_JSON,
@@ -317,7 +318,12 @@ class WatchedTable(ABC):
             status.errors += 1
             reason = describe_error(error)
             if reason != status.last_error:
-                log.warning("reading %s failed: %s", status.label, reason)
+                log.warning(
+                    "reading %s failed: %s",
+                    status.label,
+                    reason,
+                    extra={"event": "refresh_failed", "kind": status.kind, "table": status.name},
+                )
             status.last_error, status.checked = reason, True
             return False
         if status.last_error is not None:
@@ -381,6 +387,10 @@ class SnapshotLRU:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 class SnapshotTable(WatchedTable):
@@ -737,6 +747,39 @@ class FeatureVersions(WatchedTable):
         return self._state[0].height
 
 
+class DeadLetterCount(WatchedTable):
+    """How many records ``dead_letters/<source>`` holds, for ``/metrics``, from the Delta log
+    alone (no data file is read). Serving never needs it: it is not part of readiness."""
+
+    kind = "dead_letters"
+
+    def __init__(self, name: str, layout: TableLayout) -> None:
+        super().__init__(name, layout.dead_letters(name), layout.storage_options)
+
+    def _absent(self) -> int:
+        return 0
+
+    def _load(self, table: DeltaTable) -> int:
+        records = pl.DataFrame(table.get_add_actions(flatten=True))
+        return 0 if records.is_empty() else int(records["num_records"].sum())
+
+
+class TombstoneTable(WatchedTable):
+    """``tables/tombstones``: a new version means users were forgotten, and whatever the store
+    cached from older table versions must go (see ``SnapshotStore.refresh``)."""
+
+    kind = "tombstones"
+
+    def __init__(self, layout: TableLayout) -> None:
+        super().__init__("tombstones", layout.tombstones(), layout.storage_options)
+
+    def _absent(self) -> int:
+        return 0
+
+    def _load(self, table: DeltaTable) -> int:
+        return read_forgotten(table).len()
+
+
 # -- the store -------------------------------------------------------------------------------
 
 
@@ -768,6 +811,12 @@ class SnapshotStore:
             {e.table for spec in catalog.sequences.values() for e in spec.request_enrich}
         )
         self.features = {table: FeatureVersions(table, catalog, layout) for table in tables}
+        # Every landing name has its dead letters: each source's and each feature table's.
+        self.dead_letters = {
+            name: DeadLetterCount(name, layout)
+            for name in sorted({*catalog.sources, *catalog.feature_tables})
+        }
+        self.tombstones = TombstoneTable(layout)
         self._refresh_lock = threading.Lock()
         self.refreshes = 0
         # Reads before the newest snapshot's cutoff; imported here, as its module imports this one.
@@ -780,18 +829,43 @@ class SnapshotStore:
         yield from self.tails.values()
         yield from self.features.values()
 
+    def watched(self) -> Iterator[WatchedTable]:
+        """``tables`` and the dead-letter tables counted for ``/metrics``."""
+        yield from self.tables()
+        yield from self.dead_letters.values()
+
     def refresh(self) -> list[TableStatus]:
         """Check every table once; reload those whose version changed. Returns the reloaded."""
         # Snapshots last: they take longest to load (a new day is combined and encoded), and
         # the small tables are served meanwhile.
-        ordered = [*self.tails.values(), *self.features.values(), *self.snapshots.values()]
+        ordered = [
+            *self.tails.values(),
+            *self.features.values(),
+            *self.dead_letters.values(),
+            *self.snapshots.values(),
+        ]
         with self._refresh_lock:
+            # Tombstones first: they are marked purged after every deletion committed, so the
+            # tables read after them are already without the forgotten users.
+            known = self.tombstones.loaded
+            forgot = self.tombstones.refresh() and known
             reloaded = [table.status for table in ordered if table.refresh()]
             self.refreshes += 1
+            if forgot:
+                reloaded.append(self.tombstones.status)
+                self.drop_cached_reads()
             if self.files is not None:
-                for path in self.files.remove_unused():
+                # After a forget, every snapshot file no process maps goes, however recent.
+                removed = self.files.remove_unused(force=forgot, older_than=0 if forgot else None)
+                for path in removed:
                     log.info("removed unused snapshot file %s", path)
         return reloaded
+
+    def drop_cached_reads(self) -> None:
+        """Forget the older snapshots and past reads computed from earlier table versions."""
+        for table in self.snapshots.values():
+            table.older.clear()
+        self.past.clear()
 
     def not_ready(self) -> list[str]:
         """Why the store cannot answer every sequence from each table's newest version; empty
