@@ -32,7 +32,15 @@ class PlatformSettings(BaseSettings):
         default=None, description="Folder of definitions; default the 'definitions' package."
     )
     realtime_interval_seconds: int = Field(
-        default=1, ge=1, description="Minimum seconds between two polls of a stream sensor."
+        default=5,
+        ge=1,
+        description=(
+            "Minimum seconds between two polls of a stream sensor; Dagster's sensor daemon "
+            "polls at most every 5 s, so less counts as 5."
+        ),
+    )
+    late_data_interval_seconds: int = Field(
+        default=60, ge=1, description="Minimum seconds between two checks for late data."
     )
     realtime_linger_seconds: float = Field(
         default=20.0,
@@ -44,6 +52,22 @@ class PlatformSettings(BaseSettings):
     )
     refresh_seconds: float = Field(
         default=0.5, gt=0, description="How often the read service checks table versions."
+    )
+    access_log: bool = Field(
+        default=False, description="The read service logs one JSON line per request."
+    )
+    vacuum_retention_hours: int = Field(
+        default=168,
+        ge=0,
+        description="Vacuum deletes files no table version has referenced for this long.",
+    )
+    admin_token: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "Bearer token of the read service's admin endpoints (DELETE /v1/admin/users/{id}); "
+            "unset, they are off."
+        ),
     )
     storage_options: dict[str, str] = Field(
         default_factory=dict,

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,8 +93,8 @@ def test_generate_then_materialize_through_dagster(tmp_path: Path) -> None:
     assert materialized.returncode == 0, materialized.stderr + materialized.stdout
     lines = [line.split() for line in materialized.stdout.splitlines() if " ok " in line]
     assert [line[0] for line in lines] == [
-        "events/engagement",
         "features/items",
+        "events/engagement",
         "signals/engagement_enriched",
         "sequences/recent_engagement",
         "sequences/recent_saves",
@@ -104,6 +105,23 @@ def test_generate_then_materialize_through_dagster(tmp_path: Path) -> None:
     # The runs are on the project-local Dagster instance, for the UI to show.
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
     assert any((tmp_path / "dagster").rglob("*.db"))
+
+    # The continuous indexer's writes are recorded there too, on the assets it writes.
+    produced = run_cli("produce", "--count", "60", "--rate", "1000", env=env)
+    assert produced.returncode == 0, produced.stderr
+    indexed = run_cli("index", env=env)
+    assert indexed.returncode == 0, indexed.stderr
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        realtime = instance.get_latest_materialization_event(
+            dg.AssetKey(["realtime", "engagement_enriched"])
+        )
+        assert realtime is not None and realtime.asset_materialization is not None
+        appended = pl.read_delta(str(tmp_path / "home/tables/realtime/engagement_enriched"))
+        assert realtime.asset_materialization.metadata["rows_appended"].value == appended.height
+        archived = instance.get_materialized_partitions(
+            dg.AssetKey(["stream_archive", "engagement"])
+        )
+        assert archived, "the indexer's archive days are not recorded"
 
 
 def _small_landing(home: Path, env: dict[str, str]) -> None:

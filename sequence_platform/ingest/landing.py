@@ -11,6 +11,7 @@ Hidden and underscore files and checksums (``_SUCCESS``, ``.part-0.parquet.crc``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -152,3 +153,33 @@ def _refuse_other_days(decoded: DecodedEvents, day: date, time_field: str) -> De
     return DecodedEvents(
         decoded.valid.filter(on_day), pl.concat([decoded.rejected, moved], how="vertical_relaxed")
     )
+
+
+def landing_fingerprint(home: Path, name: str, day: date) -> str:
+    """What a day's landing files are: their names, sizes and modification times, hashed.
+
+    Recorded with every build that reads the day, so that a file added, replaced or removed
+    later is seen as late data (an empty day's fingerprint is the empty string)."""
+    files = landing_files(home, name, day)
+    if not files:
+        return ""
+    digest = hashlib.sha256()
+    for path in files:
+        status = path.stat()
+        digest.update(f"{path.name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def landing_days(home: Path, name: str) -> list[date]:
+    """Every day that has a landing folder for ``name``, in order."""
+    root = home / "landing" / name
+    if not root.is_dir():
+        return []
+    days: list[date] = []
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name.startswith("dt="):
+            try:
+                days.append(date.fromisoformat(folder.name[3:]))
+            except ValueError:
+                log.warning("landing: skipping folder %s (not dt=YYYY-MM-DD)", folder)
+    return sorted(days)

@@ -16,8 +16,9 @@ import polars as pl
 
 from sequence_platform.engine.sequence import empty_snapshot
 from sequence_platform.ingest.landing import UnreadableLandingFile
-from sequence_platform.orchestration import checks
+from sequence_platform.orchestration import checks, skew
 from sequence_platform.orchestration.orphans import claim_run
+from sequence_platform.orchestration.realtime import dead_letters_key, stream_archive_key
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.orchestration.runner import PROGRESS_LOGGER
 from sequence_platform.runtime.batch import (
@@ -32,10 +33,11 @@ from sequence_platform.runtime.batch import (
     plan_chunks,
     prune_realtime,
 )
+from sequence_platform.runtime.late import input_fingerprints
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec, TrainingSetSpec
 from sequence_platform.spec.types import type_name_of
-from sequence_platform.storage.delta import DT, day_range
+from sequence_platform.storage.delta import DT, day_range, records_per_day
 
 progress = logging.getLogger(PROGRESS_LOGGER)
 """One line per chunk of days written, for whoever runs the assets in process to show."""
@@ -78,7 +80,12 @@ def column_schema(schema: pl.Schema) -> dg.TableSchema:
 
 
 def _day_metadata(
-    outcome: StepOutcome, day: date, share: float, chunk: str, seconds: float
+    outcome: StepOutcome,
+    day: date,
+    share: float,
+    chunk: str,
+    seconds: float,
+    inputs: "dict[str, str | int]",
 ) -> "dict[str, dg.RawMetadataValue]":
     """What one day of a chunk wrote: its own rows, bytes and files, its counts, and its
     share of the chunk's time (days of a chunk are computed together)."""
@@ -93,7 +100,31 @@ def _day_metadata(
         "chunk_duration_s": dg.MetadataValue.float(round(seconds, 3)),
         "delta_version": outcome.stats.version,
         **{name: counts.get(day, 0) for name, counts in outcome.counts.items()},
+        **{name: notes[day] for name, notes in outcome.notes.items() if day in notes},
+        # What the day read from outside the tables: the late-data sensor compares it.
+        **inputs,
     }
+
+
+def _streamed_source(catalog: Catalog, group: str, name: str) -> str | None:
+    """The source whose stream a signal or sequence asset's skew checks compare with, None
+    for other assets."""
+    if group == "signals":
+        source = catalog.signals[name].source
+    elif group == "sequences":
+        source = catalog.signals[catalog.sequences[name].signal].source
+    else:
+        return None
+    return source
+
+
+def _dead_letters_written(name: str, day: date, rows: int) -> dg.AssetMaterialization:
+    return dg.AssetMaterialization(
+        asset_key=dead_letters_key(name),
+        partition=day.isoformat(),
+        description="landing records that failed validation, written by the batch",
+        metadata={"rows": rows},
+    )
 
 
 def _evaluation(
@@ -126,7 +157,10 @@ def _daily_asset(
     checker: Checker,
     finisher: Finisher | None = None,
 ) -> dg.AssetsDefinition:
-    specs = checks.check_specs(key, check_names, partitions)
+    specs = checks.check_specs(key, check_names, partitions) + skew.skew_check_specs(
+        key, partitions
+    )
+    streamed_source = _streamed_source(catalog, group, name)
 
     def _materialize(
         context: dg.AssetExecutionContext, platform: PlatformResource
@@ -135,10 +169,13 @@ def _daily_asset(
         start, end = partition_days(context)
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
         batch = platform.batch_context(catalog)
+        # Skew checks read the real-time rows as they stood before this run pruned any.
+        started = skew.run_started_at(context.instance, context.run.run_id)
         evaluations: list[dg.AssetCheckEvaluation] = []
         rows_per_day = input_rows(batch, group, name, start, end)
         for first, last in plan_chunks(rows_per_day, start, end):
             began = time.perf_counter()
+            inputs = input_fingerprints(batch, group, name, first, last)
             try:
                 outcome = builder(batch, name, first, last)
             except UnreadableLandingFile as error:
@@ -151,17 +188,38 @@ def _daily_asset(
             seconds = time.perf_counter() - began
             chunk = first.isoformat() if first == last else f"{first}..{last}"
             days = day_range(first, last)
+            streamed = (
+                records_per_day(
+                    batch.layout.stream_archive(streamed_source),
+                    first,
+                    last,
+                    batch.layout.storage_options,
+                )
+                if streamed_source
+                else {}
+            )
             by_day = outcome.written.partition_by(DT, as_dict=True, include_key=True)
             empty = outcome.written.clear()
             total = sum(rows_per_day.get(day, 0) for day in days)
             for day in days:
                 share = rows_per_day.get(day, 0) / total if total else 1 / len(days)
                 context.add_asset_metadata(
-                    _day_metadata(outcome, day, share, chunk, seconds),
+                    _day_metadata(outcome, day, share, chunk, seconds, inputs.get(day, {})),
                     partition_key=day.isoformat(),
                 )
                 written = by_day.get((day,), empty)
-                evaluations += [_evaluation(key, day, found) for found in checker(written)]
+                found = checker(written) + skew.skew_check_results(
+                    batch.layout,
+                    catalog,
+                    key,
+                    day,
+                    run_started=started,
+                    streamed=day in streamed,
+                )
+                evaluations += [_evaluation(key, day, result) for result in found]
+                rejected = outcome.counts.get("dead_letters", {}).get(day, 0)
+                if rejected:
+                    context.log_event(_dead_letters_written(name, day, rejected))
             line = f"{key.to_user_string()} {chunk}: {outcome.stats.rows:,} rows in {seconds:.2f}s"
             context.log.info(line)
             progress.info(line)
@@ -246,7 +304,7 @@ def build_assets(
                     "their reason."
                 ).strip(),
                 partitions=partitions,
-                deps=[landing_key(source.name)],
+                deps=[landing_key(source.name), stream_archive_key(source.name)],
                 schema=schema,
                 table_uri=layout.events(source.name),
                 check_names=standard,

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, time
 import dagster as dg
 
 from sequence_platform.orchestration.assets import build_assets
-from sequence_platform.orchestration.maintenance import maintenance_job
+from sequence_platform.orchestration.late_data import late_data_sensor
+from sequence_platform.orchestration.maintenance import maintenance_jobs, maintenance_schedules
 from sequence_platform.orchestration.orphans import orphaned_runs_sensor
 from sequence_platform.orchestration.realtime import (
     RealtimeSettings,
-    realtime_assets,
     realtime_definitions,
+    stream_assets,
 )
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.settings import PlatformSettings
@@ -20,6 +21,8 @@ from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.loader import load_catalog
 
 BATCH_JOB = "daily_batch"
+DAILY_GROUPS = ("events", "features", "signals", "sequences", "training")
+"""The groups of the assets a day's batch computes."""
 
 
 def daily_partitions(settings: PlatformSettings) -> dg.DailyPartitionsDefinition:
@@ -35,8 +38,7 @@ def build_definitions(
     catalog = catalog or load_catalog(settings.definitions)
     partitions = daily_partitions(settings)
     platform = PlatformResource.from_settings(settings)
-    assets = [*build_assets(catalog, partitions, platform), *realtime_assets(catalog)]
-    realtime_jobs, sensors = realtime_definitions(
+    realtime, realtime_jobs, sensors = realtime_definitions(
         catalog,
         RealtimeSettings(
             max_batch_messages=settings.realtime_max_batch,
@@ -44,24 +46,28 @@ def build_definitions(
             linger_seconds=settings.realtime_linger_seconds,
         ),
     )
-    computed = dg.AssetSelection.all() - dg.AssetSelection.groups("landing", "realtime")
+    assets = [
+        *build_assets(catalog, partitions, platform),
+        *stream_assets(catalog, partitions, kafka=settings.kafka_bootstrap is not None),
+        *realtime,
+    ]
+    computed = dg.AssetSelection.groups(*DAILY_GROUPS)
     batch_job = dg.define_asset_job(
         BATCH_JOB,
         selection=computed,
         description="Every computed asset for one day: events, features, signals, sequences.",
     )
-    maintenance = maintenance_job(catalog)
+    maintenance = maintenance_jobs(catalog)
     return dg.Definitions(
         assets=assets,
-        jobs=[batch_job, *realtime_jobs, maintenance],
-        sensors=[*sensors, orphaned_runs_sensor()],
+        jobs=[batch_job, *realtime_jobs, *maintenance],
+        sensors=[
+            *sensors,
+            late_data_sensor(catalog, BATCH_JOB, settings.late_data_interval_seconds),
+            orphaned_runs_sensor(),
+        ],
         schedules=[
-            dg.ScheduleDefinition(
-                job=maintenance,
-                cron_schedule="0 3 * * *",
-                execution_timezone="UTC",
-                description="Compacts and vacuums every table at 03:00 UTC.",
-            ),
+            *maintenance_schedules(maintenance),
             dg.build_schedule_from_partitioned_job(
                 batch_job,
                 hour_of_day=1,

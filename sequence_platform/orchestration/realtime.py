@@ -7,7 +7,7 @@ itself skips what its tables already hold.
 """
 
 import time
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -19,6 +19,7 @@ from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriter
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SourceSpec
+from sequence_platform.storage.layout import TableLayout
 
 SOURCE_TAG = "sequence_platform/source"
 PARTITION_TAG = "sequence_platform/stream_partition"
@@ -30,12 +31,15 @@ ACTIVE = [
     dg.DagsterRunStatus.STARTED,
 ]
 FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+DAEMON_LOOP_SECONDS = 5
+"""Dagster's sensor daemon evaluates sensors at most this often (its ``MIN_INTERVAL_LOOP_TIME``),
+whatever a sensor's ``minimum_interval_seconds`` asks for."""
 
 
 @dataclass(frozen=True)
 class RealtimeSettings:
     max_batch_messages: int = 50_000
-    minimum_interval_seconds: int = 1
+    minimum_interval_seconds: int = DAEMON_LOOP_SECONDS
     linger_seconds: float = 20.0
 
 
@@ -49,29 +53,74 @@ def realtime_key(signal: str) -> dg.AssetKey:
     return dg.AssetKey(["realtime", signal])
 
 
+def stream_key(source: str) -> dg.AssetKey:
+    return dg.AssetKey(["stream", source])
+
+
+def stream_archive_key(source: str) -> dg.AssetKey:
+    return dg.AssetKey(["stream_archive", source])
+
+
+def dead_letters_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["dead_letters", name])
+
+
 def microbatch_job_name(source: str) -> str:
     return f"realtime_{source}"
 
 
-def realtime_assets(catalog: Catalog) -> list[dg.AssetSpec]:
-    """The real-time tables, shown in the UI; the micro-batch runs report their appends."""
-    return [
-        dg.AssetSpec(
-            realtime_key(signal.name),
-            group_name="realtime",
-            description=(
-                f"Signal '{signal.name}' rows appended by micro-batches from the "
-                f"'{signal.source}' stream within seconds, exactly once; the read service "
-                "merges them with the latest snapshot."
+def stream_assets(
+    catalog: Catalog, partitions: dg.PartitionsDefinition, kafka: bool
+) -> list[dg.AssetSpec]:
+    """The stream (external), what micro-batches archive from it, and the dead letters of
+    every input, as assets: their lineage shows where each table's rows come from."""
+    found: list[dg.AssetSpec] = []
+    medium = "Kafka topic" if kafka else "local append-only stream (no broker configured)"
+    for source in catalog.sources.values():
+        found += [
+            dg.AssetSpec(
+                stream_key(source.name),
+                group_name="realtime",
+                description=f"The '{source.topic_name}' stream: a {medium}.",
+                kinds={"kafka"} if kafka else {"file"},
             ),
-            kinds={"kafka", "delta"},
-        )
-        for signal in catalog.signals.values()
+            dg.AssetSpec(
+                stream_archive_key(source.name),
+                group_name="realtime",
+                description=(
+                    f"Raw '{source.name}' events as micro-batches (and the indexer) read them "
+                    "from the stream, by day of event time; events/"
+                    f"{source.name} reads them with the landing files."
+                ),
+                deps=[stream_key(source.name)],
+                partitions_def=partitions,
+                kinds={"delta"},
+            ),
+        ]
+    inputs = [
+        *((name, [dg.AssetKey(["landing", name]), stream_key(name)]) for name in catalog.sources),
+        *((name, [dg.AssetKey(["landing", name])]) for name in catalog.feature_tables),
+        *((t.name, [dg.AssetKey(["landing", t.spine])]) for t in catalog.training_sets.values()),
     ]
+    for name, deps in inputs:
+        found.append(
+            dg.AssetSpec(
+                dead_letters_key(name),
+                group_name="dead_letters",
+                description=(
+                    f"Records of '{name}' that failed validation, each with its reason and "
+                    "where it came from (landing file and line, or stream partition and offset)."
+                ),
+                deps=deps,
+                partitions_def=partitions,
+                kinds={"delta"},
+            )
+        )
+    return found
 
 
 def _report(
-    context: dg.OpExecutionContext,
+    context: dg.AssetExecutionContext,
     catalog: Catalog,
     platform: PlatformResource,
     source: SourceSpec,
@@ -83,43 +132,108 @@ def _report(
         f"{outcome.valid} events, {outcome.rejected} dead letters, "
         f"{len(outcome.appended)} tables appended in {outcome.seconds:.2f}s"
     )
-    for signal in catalog.signals_of_source[source.name]:
-        uri = platform.layout.realtime(signal.name)
-        if uri not in outcome.appended:
-            continue
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=realtime_key(signal.name),
-                metadata={
-                    "rows_appended": outcome.appended[uri],
-                    "offsets": offsets,
-                    "stream_partition": outcome.partition,
-                    "dead_letters": outcome.rejected,
-                    "watermark": str(outcome.watermark) if outcome.watermark else "none",
-                    "duration_s": round(outcome.seconds, 3),
-                },
+    for event in partition_events(catalog, platform.layout, source, outcome):
+        context.log_event(event)
+
+
+def partition_events(
+    catalog: Catalog, layout: TableLayout, source: SourceSpec, outcome: MicroBatchOutcome
+) -> list[dg.AssetMaterialization]:
+    """The days of the stream archive and of the dead letters a micro-batch appended to."""
+    offsets = f"{source.topic_name}/{outcome.partition}@{outcome.start}..{outcome.end - 1}"
+    events: list[dg.AssetMaterialization] = []
+    for key, uri in (
+        (stream_archive_key(source.name), layout.stream_archive(source.name)),
+        (dead_letters_key(source.name), layout.dead_letters(source.name)),
+    ):
+        for day, rows in sorted(outcome.appended_days.get(uri, {}).items()):
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=key,
+                    partition=day.isoformat(),
+                    description="rows appended by a micro-batch",
+                    metadata={"rows_appended": rows, "offsets": offsets},
+                )
             )
-        )
+    return events
+
+
+@dataclass
+class _Appended:
+    """What a run appended to one real-time table, over every range it took."""
+
+    rows: int = 0
+    ranges: int = 0
+    first: str = ""
+    last: str = ""
+    watermark: str = "none"
+
+    def add(self, outcome: MicroBatchOutcome, rows: int) -> None:
+        offsets = f"{outcome.partition}@{outcome.start}..{outcome.end - 1}"
+        self.rows += rows
+        self.ranges += 1
+        self.first = self.first or offsets
+        self.last = offsets
+        if outcome.watermark is not None:
+            self.watermark = outcome.watermark.isoformat()
+
+    def metadata(self) -> dict[str, int | str]:
+        return {
+            "rows_appended": self.rows,
+            "offset_ranges": self.ranges,
+            "offsets": f"{self.first} .. {self.last}",
+            "watermark": self.watermark,
+        }
 
 
 def microbatch_job(
     catalog: Catalog, source: SourceSpec, settings: RealtimeSettings
-) -> dg.JobDefinition:
-    @dg.op(
+) -> "tuple[dg.AssetsDefinition, dg.UnresolvedAssetJobDefinition]":
+    signals = catalog.signals_of_source[source.name]
+    specs = [
+        dg.AssetSpec(
+            realtime_key(signal.name),
+            group_name="realtime",
+            description=(
+                f"Signal '{signal.name}' rows appended by micro-batches from the "
+                f"'{signal.source}' stream within seconds, exactly once; the read service "
+                "merges them with the latest snapshot. Its automation is the "
+                f"'{source.name}_stream' sensor."
+            ),
+            deps=[
+                stream_key(source.name),
+                *(dg.AssetKey(["features", e.table]) for e in signal.enrich),
+            ],
+            kinds={"polars", "delta"},
+            skippable=True,
+        )
+        for signal in signals
+    ]
+
+    @dg.multi_asset(
         name=f"microbatch_{source.name}",
+        specs=specs,
         description=(
             f"Decode, validate, archive and index one offset range of '{source.name}'; then, "
             f"for up to {settings.linger_seconds:g} s, the ranges that arrive meanwhile."
         ),
     )
     def process_range(
-        context: dg.OpExecutionContext, config: MicroBatchConfig, platform: PlatformResource
-    ) -> None:
+        context: dg.AssetExecutionContext, config: MicroBatchConfig, platform: PlatformResource
+    ) -> Iterator[dg.MaterializeResult]:
         claim_run(context)
+        appended: dict[str, _Appended] = {s.name: _Appended() for s in signals}
+
+        def take(outcome: MicroBatchOutcome) -> None:
+            _report(context, catalog, platform, source, outcome)
+            for signal in signals:
+                rows = outcome.appended.get(platform.layout.realtime(signal.name))
+                if rows is not None:
+                    appended[signal.name].add(outcome, rows)
+
         with platform.open_stream() as stream:
             writer = RealtimeWriter(catalog, platform.layout, stream)
-            outcome = writer.process(source.name, config.partition, config.start, config.end)
-            _report(context, catalog, platform, source, outcome)
+            take(writer.process(source.name, config.partition, config.start, config.end))
             # A launched run is warm: it takes the next ranges itself while they keep coming,
             # each committed with its own end offset, instead of paying a launch per batch.
             # The sensor launches no other run for the partition meanwhile.
@@ -132,28 +246,31 @@ def microbatch_job(
                     continue
                 stop = min(end, start + settings.max_batch_messages)
                 try:
-                    outcome = writer.process(source.name, config.partition, start, stop)
+                    take(writer.process(source.name, config.partition, start, stop))
                 except CommitFailedError:
                     continue  # another writer (an indexer) got there first: re-read offsets
-                _report(context, catalog, platform, source, outcome)
+        for signal in signals:
+            total = appended[signal.name]
+            if total.ranges:
+                yield dg.MaterializeResult(
+                    asset_key=realtime_key(signal.name), metadata=total.metadata()
+                )
 
-    @dg.job(
-        name=microbatch_job_name(source.name),
+    job = dg.define_asset_job(
+        microbatch_job_name(source.name),
+        selection=dg.AssetSelection.assets(process_range),
         description=f"One micro-batch of the '{source.name}' stream (launched by its sensor).",
         tags={SOURCE_TAG: source.name},
         # One step: running it in the run's own process saves a process start per batch.
         executor_def=dg.in_process_executor,
     )
-    def job() -> None:
-        process_range()
-
-    return job
+    return process_range, job
 
 
 def stream_sensor(
     catalog: Catalog,
     source: SourceSpec,
-    job: dg.JobDefinition,
+    job: "dg.UnresolvedAssetJobDefinition",
     settings: RealtimeSettings,
 ) -> dg.SensorDefinition:
     def poll(
@@ -207,20 +324,18 @@ def stream_sensor(
         context.log.info("; ".join(notes))
         return dg.SensorResult(run_requests=requests)
 
-    # Dagster's sensor factory passes a parameter it marks beta; keep the logs clean.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        decorate = dg.sensor(
-            name=f"{source.name}_stream",
-            job=job,
-            minimum_interval_seconds=settings.minimum_interval_seconds,
-            default_status=dg.DefaultSensorStatus.RUNNING,
-            description=(
-                f"Polls the '{source.topic_name}' stream and requests a micro-batch for each new "
-                f"offset range (at most {settings.max_batch_messages:,} messages a run)."
-            ),
-        )
-        return decorate(poll)
+    decorate = dg.sensor(
+        name=f"{source.name}_stream",
+        job=job,
+        # The daemon's loop is the floor: less would show the UI a frequency it never has.
+        minimum_interval_seconds=max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Polls the '{source.topic_name}' stream and requests a micro-batch for each new "
+            f"offset range (at most {settings.max_batch_messages:,} messages a run)."
+        ),
+    )
+    return decorate(poll)
 
 
 def _runs(
@@ -236,13 +351,86 @@ def _runs(
     return list(instance.get_runs(filters=dg.RunsFilter(tags=tags, statuses=statuses), limit=50))
 
 
-def realtime_definitions(
-    catalog: Catalog, settings: RealtimeSettings
-) -> tuple[list[dg.JobDefinition], list[dg.SensorDefinition]]:
-    jobs: list[dg.JobDefinition] = []
+RealtimeDefinitions = tuple[
+    list[dg.AssetsDefinition], list["dg.UnresolvedAssetJobDefinition"], list[dg.SensorDefinition]
+]
+
+
+def realtime_definitions(catalog: Catalog, settings: RealtimeSettings) -> "RealtimeDefinitions":
+    """Per source: the micro-batch (the real-time assets' computation), its job and sensor."""
+    assets: list[dg.AssetsDefinition] = []
+    jobs: list[dg.UnresolvedAssetJobDefinition] = []
     sensors: list[dg.SensorDefinition] = []
     for source in catalog.sources.values():
-        job = microbatch_job(catalog, source, settings)
+        if not catalog.signals_of_source[source.name]:
+            continue
+        microbatch, job = microbatch_job(catalog, source, settings)
+        assets.append(microbatch)
         jobs.append(job)
         sensors.append(stream_sensor(catalog, source, job, settings))
-    return jobs, sensors
+    return assets, jobs, sensors
+
+
+class IndexerReporter:
+    """Records what the continuous indexer (``sequence-platform index``) appends on the
+    Dagster instance, as runless materializations of the same assets the micro-batch job
+    materializes: the UI shows the indexer's writes too. Batches are summed and recorded at
+    most every ``every_seconds`` (and at ``flush``), so a busy stream costs a few events."""
+
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        catalog: Catalog,
+        layout: TableLayout,
+        every_seconds: float = 10.0,
+    ) -> None:
+        self.instance = instance
+        self.catalog = catalog
+        self.layout = layout
+        self.every_seconds = every_seconds
+        self._pending: list[MicroBatchOutcome] = []
+        self._flushed = time.monotonic()
+
+    def __call__(self, outcome: MicroBatchOutcome) -> None:
+        if outcome.appended:
+            self._pending.append(outcome)
+        if time.monotonic() - self._flushed >= self.every_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._flushed = time.monotonic()
+        for event in self._events(pending):
+            self.instance.report_runless_asset_event(event)
+
+    def _events(self, outcomes: list[MicroBatchOutcome]) -> list[dg.AssetMaterialization]:
+        days: dict[tuple[dg.AssetKey, str], int] = {}
+        signals: dict[str, _Appended] = {}
+        for outcome in outcomes:
+            source = self.catalog.sources[outcome.source]
+            for event in partition_events(self.catalog, self.layout, source, outcome):
+                where = (event.asset_key, str(event.partition))
+                rows = event.metadata["rows_appended"].value
+                days[where] = days.get(where, 0) + (rows if isinstance(rows, int) else 0)
+            for signal in self.catalog.signals_of_source[outcome.source]:
+                rows_appended = outcome.appended.get(self.layout.realtime(signal.name))
+                if rows_appended is not None:
+                    signals.setdefault(signal.name, _Appended()).add(outcome, rows_appended)
+        events = [
+            dg.AssetMaterialization(
+                asset_key=key,
+                partition=partition,
+                description="rows appended by the continuous indexer",
+                metadata={"rows_appended": rows},
+            )
+            for (key, partition), rows in sorted(days.items(), key=lambda item: str(item[0]))
+        ]
+        events += [
+            dg.AssetMaterialization(
+                asset_key=realtime_key(name),
+                description="rows appended by the continuous indexer",
+                metadata=total.metadata(),
+            )
+            for name, total in signals.items()
+        ]
+        return events

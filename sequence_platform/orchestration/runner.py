@@ -35,9 +35,14 @@ class AssetRun:
 
 
 def computed_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
-    """Every materializable asset, upstream first (external landing assets left out)."""
+    """Every asset a day's batch computes, upstream first (external assets, and the real-time
+    tables that micro-batches write, left out)."""
     graph = defs.resolve_asset_graph()
-    return [key for key in graph.toposorted_asset_keys if graph.get(key).is_materializable]
+    return [
+        key
+        for key in graph.toposorted_asset_keys
+        if graph.get(key).is_materializable and graph.get(key).partitions_def is not None
+    ]
 
 
 def materialize_days(

@@ -4,7 +4,8 @@ Plain functions with no Dagster in them, so that an asset body stays a few lines
 step can be run from a test or a script. Each step owns the days it is given: it rewrites
 exactly those partitions, so running it again gives the same table. A long range is run in
 chunks of whole days (``plan_chunks``), each written as soon as it is computed, so memory
-follows a chunk's volume, never the number of days.
+follows a chunk's volume, never the number of days. The rows of forgotten users (see
+``runtime.tombstones``) are left out of what each step reads, landing files included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.ingest.landing import landing_files, read_landing_day
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.runtime.reads import Reader
+from sequence_platform.runtime.tombstones import Tombstones, without_forgotten
 from sequence_platform.runtime.training import (
     SPINE_ROW,
     build_training_set,
@@ -58,6 +60,8 @@ class StepOutcome:
     stats: WriteStats
     counts: dict[str, dict[date, int]] = field(default_factory=dict)
     """Further figures of the step, each per day (dead letters, say)."""
+    notes: dict[str, dict[date, str]] = field(default_factory=dict)
+    """Further facts of the step, each per day, in words."""
 
 
 def per_day(frame: pl.DataFrame, column: str = DT) -> dict[date, int]:
@@ -130,17 +134,26 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         read_landing_day(ctx.home, source, day, schema, required=required, time_field="event_time")
         for day in day_range(start, end)
     ]
+    forgotten = Tombstones(ctx.layout).users()
     landed = pl.concat([d.valid for d in decoded], how="vertical_relaxed").drop(ORIGIN)
+    landed = without_forgotten(landed, forgotten)
     streamed = scan_days(
         ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
-    ).drop(DT)
+    ).collect()
+    streamed = without_forgotten(streamed, forgotten)
+    landed_elsewhere, copies_elsewhere = _cross_day_copies(
+        ctx, source, landed, streamed, start, end
+    )
     events = (
-        deduplicate_events(landed.lazy(), streamed)
+        deduplicate_events(
+            landed.lazy(),
+            streamed.lazy().drop(DT).filter(~pl.col("event_id").is_in(landed_elsewhere.implode())),
+        )
         .with_columns(pl.col("event_time").dt.date().alias(DT))
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    dead = _landing_dead_letters(decoded, start, end)
+    dead = without_forgotten(_landing_dead_letters(decoded, start, end), forgotten)
     stats = overwrite_days(
         ctx.layout.events(source), events, start, end, ctx.layout.storage_options
     )
@@ -158,8 +171,76 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
             "duplicates_dropped": {
                 day: rows - kept.get(day, 0) for day, rows in landed_days.items()
             },
+            "stream_copies_landed_elsewhere": per_day(
+                streamed.filter(pl.col("event_id").is_in(landed_elsewhere.implode()))
+            ),
         },
+        {STREAM_COPIES_ON: copies_elsewhere},
     )
+
+
+STREAM_COPIES_ON = "stream_copies_on"
+"""Per day of a events build: the other days whose events held a stream copy of an event that
+landed on this day (they are rebuilt to drop it: the landing copy wins across days too)."""
+
+
+def _cross_day_copies(
+    ctx: BatchContext,
+    source: str,
+    landed: pl.DataFrame,
+    streamed: pl.DataFrame,
+    start: date,
+    end: date,
+) -> tuple[pl.Series, dict[date, str]]:
+    """Copies of the same event on different days, the landing copy on one and the stream
+    copy on another (a correction that moved its time across midnight).
+
+    Returns the ids of the days' stream copies whose landing copy another day's events hold,
+    and for each of the days, the other days whose events still hold a stream copy of an
+    event that landed on it. Corrections move an event by less than the longest lookback
+    over the source, so only that far is looked at; nothing is read when the stream archive
+    holds nothing there.
+    """
+    lookbacks = [
+        s.lookback_days
+        for s in ctx.catalog.sequences.values()
+        if ctx.catalog.signals[s.signal].source == source
+    ]
+    horizon = timedelta(days=max(lookbacks, default=1))
+    first, last = start - horizon, end + horizon
+    archive_uri = ctx.layout.stream_archive(source)
+    options = ctx.layout.storage_options
+    nothing: tuple[pl.Series, dict[date, str]] = (pl.Series("event_id", [], pl.String()), {})
+    if not streamed.height and not any(
+        day < start or day > end for day in records_per_day(archive_uri, first, last, options)
+    ):
+        return nothing
+    ids = pl.Schema({"event_id": pl.String()})
+
+    def elsewhere(uri: str) -> pl.LazyFrame:
+        return scan_days(uri, ids, first, last, options).filter(~pl.col(DT).is_between(start, end))
+
+    archive, events = elsewhere(archive_uri), elsewhere(ctx.layout.events(source))
+    # Another day's copy that is not in that day's stream archive came from its landing files.
+    landed_elsewhere = (
+        events.filter(pl.col("event_id").is_in(streamed["event_id"].implode()))
+        .join(archive, on=[DT, "event_id"], how="anti")
+        .select("event_id")
+        .collect()
+        .to_series()
+    )
+    landed_days = landed.lazy().select(
+        "event_id", pl.col("event_time").dt.date().alias("landed_on")
+    )
+    stale = (
+        events.filter(pl.col("event_id").is_in(landed["event_id"].implode()))
+        .join(archive, on=[DT, "event_id"], how="semi")
+        .join(landed_days, on="event_id")
+        .group_by("landed_on")
+        .agg(pl.col(DT).unique().sort().cast(pl.String).str.join(","))
+        .collect()
+    )
+    return landed_elsewhere, dict(stale.iter_rows())
 
 
 def _landing_dead_letters(decoded: list[DecodedEvents], start: date, end: date) -> pl.DataFrame:
@@ -224,6 +305,7 @@ def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> Step
         end,
         ctx.layout.storage_options,
     )
+    events = without_forgotten(events, Tombstones(ctx.layout).users())
     features = {
         enrichment.table: scan_days(
             ctx.layout.features(enrichment.table),
@@ -255,6 +337,7 @@ def build_sequence(ctx: BatchContext, sequence: str, start: date, end: date) -> 
         end,
         ctx.layout.storage_options,
     ).drop(DT)
+    signal = without_forgotten(signal, Tombstones(ctx.layout).users())
     written = day_rows(signal, spec).collect()
     stats = overwrite_days(
         ctx.layout.sequence(spec), written, start, end, ctx.layout.storage_options
@@ -267,7 +350,9 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
     cannot be answered go to dead letters with the reason."""
     spec = ctx.catalog.training_sets[name]
     sequences = [(spec.prefix(s), ctx.catalog.sequences[s]) for s in spec.sequences]
-    spine = read_spine_days(ctx.home, spec.spine, start, end)
+    spine = without_forgotten(
+        read_spine_days(ctx.home, spec.spine, start, end), Tombstones(ctx.layout).users()
+    )
     reader = Reader(ctx.catalog, ctx.layout)
     if spine.is_empty():
         spine = pl.DataFrame(schema={"user_id": pl.Int64(), "ts": pl.Datetime("us", "UTC")})
