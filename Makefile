@@ -7,7 +7,7 @@ PORT ?= 8000
 # Root installs system packages itself; anyone else through sudo, when there is one.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo 2>/dev/null))
 
-.PHONY: help install wrk demo test lint typecheck unit ui serve kafka validate bench clean
+.PHONY: help install wrk chromium demo test lint typecheck unit ui serve kafka validate bench clean
 
 help:
 	@echo "make demo      generate data, materialize every asset through Dagster, serve the API"
@@ -35,6 +35,19 @@ wrk:
 	    echo "could not install wrk: the serving benchmark's smoke test skips (fails with CI=true)"; \
 	}
 
+# Debian's chromium, the browser the Dagster UI test drives through Playwright (never
+# `playwright install`, which downloads a browser build of its own).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (headless browser for sequence_platform_tests/test_dagster_ui.py)"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	      { $(SUDO) apt-get update -qq >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	  elif command -v brew >/dev/null 2>&1; then brew install --cask chromium; fi; \
+	  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	    echo "could not install chromium: the Dagster UI test skips (fails with CI=true)"; \
+	}
+
 demo: install
 	$(RUN) sequence-platform demo --port $(PORT)
 
@@ -45,7 +58,7 @@ lint: install
 typecheck: install
 	$(RUN) mypy
 
-unit: install wrk
+unit: install wrk chromium
 	$(RUN) pytest -q
 
 test: lint typecheck unit
@@ -58,8 +71,10 @@ bench: install wrk
 validate: install
 	$(RUN) sequence-platform validate
 
+# dg dev loads the code location [tool.dg] in pyproject.toml names (workspace.yaml's, for
+# `dagster dev -w workspace.yaml`), on the instance in DAGSTER_HOME.
 ui: install
-	$(RUN) dagster dev -w workspace.yaml
+	$(RUN) dg dev
 
 serve: install
 	$(RUN) sequence-platform serve --port $(PORT)

@@ -10,6 +10,7 @@ stream sensor launches no micro-batch for a partition while a run for it is in f
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 from pathlib import Path
@@ -23,14 +24,26 @@ IN_FLIGHT = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def this_process() -> str:
-    pid = os.getpid()
+    return _identity(os.getpid())
+
+
+def run_worker() -> str:
+    """The process whose end ends the run. Dagster's multiprocess executor (the default of a
+    run launched from the UI) runs each step in a child process that ends with its step: the
+    run is orphaned when its parent, the run worker, is gone, not between two steps."""
+    parent = multiprocessing.parent_process()
+    return _identity(parent.pid) if parent is not None and parent.pid else this_process()
+
+
+def _identity(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
 
 
 def claim_run(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> None:
-    """Record on the run that this process executes it (once per run)."""
-    if context.run.tags.get(PROCESS_TAG) != this_process():
-        context.instance.add_run_tags(context.run_id, {PROCESS_TAG: this_process()})
+    """Record on the run which process executes it (once per run)."""
+    worker = run_worker()
+    if context.run.tags.get(PROCESS_TAG) != worker:
+        context.instance.add_run_tags(context.run.run_id, {PROCESS_TAG: worker})
 
 
 def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
