@@ -408,6 +408,7 @@ def _index(args: argparse.Namespace) -> int:
         IndexerSettings(max_batch_messages=args.max_batch),
         on_batch=report,
         on_error=warn,
+        on_idle=recorder.idle,
     )
     try:
         if args.continuous:

@@ -401,7 +401,9 @@ def _training_asset(
     platform: PlatformResource,
 ) -> dg.AssetsDefinition:
     sequences = [catalog.sequences[name] for name in spec.sequences]
-    earlier = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+    # A training day reads the stored days of its sequences' windows, up to the day before.
+    window = max(s.lookback_days for s in sequences)
+    earlier = dg.TimeWindowPartitionMapping(start_offset=-window, end_offset=-1)
 
     def training_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
         lengths = [f"{spec.prefix(s.name)}length" for s in sequences]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 import polars as pl
@@ -28,15 +28,20 @@ CHECK_DESCRIPTIONS = {
 def check_specs(
     key: dg.AssetKey, names: Sequence[str], partitions: dg.PartitionsDefinition
 ) -> list[dg.AssetCheckSpec]:
+    """The standard checks, evaluated per day."""
+    return partitioned_specs(key, {name: CHECK_DESCRIPTIONS[name] for name in names}, partitions)
+
+
+def partitioned_specs(
+    key: dg.AssetKey, described: Mapping[str, str], partitions: dg.PartitionsDefinition | None
+) -> list[dg.AssetCheckSpec]:
     """Checks evaluated per day: each result belongs to the partition it looked at."""
     # Partitioned checks are marked preview; we rely on them knowingly and keep logs clean.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return [
-            dg.AssetCheckSpec(
-                name, asset=key, description=CHECK_DESCRIPTIONS[name], partitions_def=partitions
-            )
-            for name in names
+            dg.AssetCheckSpec(name, asset=key, description=text, partitions_def=partitions)
+            for name, text in described.items()
         ]
 
 

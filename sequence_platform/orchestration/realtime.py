@@ -9,6 +9,7 @@ itself skips what its tables already hold.
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import dagster as dg
 from deltalake.exceptions import CommitFailedError
@@ -141,12 +142,15 @@ def partition_events(
 ) -> list[dg.AssetMaterialization]:
     """The days of the stream archive and of the dead letters a micro-batch appended to."""
     offsets = f"{source.topic_name}/{outcome.partition}@{outcome.start}..{outcome.end - 1}"
+    today = datetime.now(UTC).date()
     events: list[dg.AssetMaterialization] = []
     for key, uri in (
         (stream_archive_key(source.name), layout.stream_archive(source.name)),
         (dead_letters_key(source.name), layout.dead_letters(source.name)),
     ):
         for day, rows in sorted(outcome.appended_days.get(uri, {}).items()):
+            if day >= today:
+                continue  # not a partition until the day is over; the batch records it then
             events.append(
                 dg.AssetMaterialization(
                     asset_key=key,
@@ -394,7 +398,12 @@ class IndexerReporter:
     def __call__(self, outcome: MicroBatchOutcome) -> None:
         if outcome.appended:
             self._pending.append(outcome)
-        if time.monotonic() - self._flushed >= self.every_seconds:
+        self.idle()
+
+    def idle(self) -> None:
+        """Record what is pending once it is ``every_seconds`` old (the indexer calls this
+        when the stream is quiet, so the last appends are not left unrecorded)."""
+        if self._pending and time.monotonic() - self._flushed >= self.every_seconds:
             self.flush()
 
     def flush(self) -> None:

@@ -12,12 +12,12 @@ done by the run itself hides nothing. The figures and examples are the checks' m
 
 from __future__ import annotations
 
-import warnings
 from datetime import UTC, date, datetime
 
 import dagster as dg
 
 from sequence_platform.engine.skew import SAMPLE_USERS, JsonValue, ServedSkew, SignalSkew
+from sequence_platform.orchestration.checks import partitioned_specs
 from sequence_platform.runtime.skew import served_skew, signal_skew
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.layout import TableLayout
@@ -53,15 +53,8 @@ def skew_check_specs(
     key: dg.AssetKey, partitions: dg.PartitionsDefinition | None = None
 ) -> list[dg.AssetCheckSpec]:
     """The asset's skew check specs, evaluated per day when ``partitions`` is given."""
-    # Partitioned checks are marked preview; we rely on them knowingly and keep logs clean.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return [
-            dg.AssetCheckSpec(
-                name, asset=key, description=DESCRIPTIONS[name], partitions_def=partitions
-            )
-            for name in skew_check_names(key)
-        ]
+    names = skew_check_names(key)
+    return partitioned_specs(key, {name: DESCRIPTIONS[name] for name in names}, partitions)
 
 
 def skew_check_results(

@@ -179,6 +179,9 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     )
 
 
+CORRECTION_HORIZON_DAYS = 2
+"""How far a correction in the landing zone may move an event from its stream copy's day
+and still displace it (a time-zone mistake moves it by less than a day)."""
 STREAM_COPIES_ON = "stream_copies_on"
 """Per day of a events build: the other days whose events held a stream copy of an event that
 landed on this day (they are rebuilt to drop it: the landing copy wins across days too)."""
@@ -193,20 +196,15 @@ def _cross_day_copies(
     end: date,
 ) -> tuple[pl.Series, dict[date, str]]:
     """Copies of the same event on different days, the landing copy on one and the stream
-    copy on another (a correction that moved its time across midnight).
+    copy on another (a correction that moved its time across midnight, by at most
+    ``CORRECTION_HORIZON_DAYS``).
 
     Returns the ids of the days' stream copies whose landing copy another day's events hold,
     and for each of the days, the other days whose events still hold a stream copy of an
-    event that landed on it. Corrections move an event by less than the longest lookback
-    over the source, so only that far is looked at; nothing is read when the stream archive
-    holds nothing there.
+    event that landed on it. Only that far around the days is looked at, so a day's cost does
+    not grow with the lookback; nothing is read when the stream archive holds nothing there.
     """
-    lookbacks = [
-        s.lookback_days
-        for s in ctx.catalog.sequences.values()
-        if ctx.catalog.signals[s.signal].source == source
-    ]
-    horizon = timedelta(days=max(lookbacks, default=1))
+    horizon = timedelta(days=CORRECTION_HORIZON_DAYS)
     first, last = start - horizon, end + horizon
     archive_uri = ctx.layout.stream_archive(source)
     options = ctx.layout.storage_options

@@ -43,6 +43,7 @@ class ContinuousIndexer:
         settings: IndexerSettings | None = None,
         on_batch: Callable[[MicroBatchOutcome], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.layout = layout
@@ -50,6 +51,7 @@ class ContinuousIndexer:
         self.settings = settings or IndexerSettings()
         self.on_batch = on_batch
         self.on_error = on_error
+        self.on_idle = on_idle
         self.stop_event = threading.Event()
         self._feature_versions: dict[str, int | None] = {}
         self._features: dict[str, pl.DataFrame] = {}
@@ -69,6 +71,8 @@ class ContinuousIndexer:
                 self.stop_event.wait(self.settings.retry_seconds)
                 continue
             if not worked:
+                if self.on_idle is not None:
+                    self.on_idle()
                 self.stop_event.wait(self.settings.idle_sleep_seconds)
 
     def stop(self) -> None:

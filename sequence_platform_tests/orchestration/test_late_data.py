@@ -40,14 +40,14 @@ USER = 900_001
 class Cycle:
     """The runs one cycle of the sensor launched: (assets, first day, last day, reason)."""
 
-    runs: list[tuple[frozenset[str], date, date, str]]
+    runs: list[tuple[frozenset[tuple[str, date]], date, date, str]]
 
     def touched(self) -> dict[str, set[date]]:
+        """The days each asset materialized, over every run of the cycle."""
         days: dict[str, set[date]] = {}
-        for assets, first, last, _ in self.runs:
-            for asset in assets:
-                span = {first + timedelta(days=n) for n in range((last - first).days + 1)}
-                days.setdefault(asset, set()).update(span)
+        for written, _, _, _ in self.runs:
+            for asset, day in written:
+                days.setdefault(asset, set()).add(day)
         return days
 
 
@@ -64,7 +64,7 @@ class World:
         nothing left to do."""
         sensor = self.defs.resolve_sensor_def(SENSOR)
         job = self.defs.resolve_job_def(BATCH_JOB)
-        runs: list[tuple[frozenset[str], date, date, str]] = []
+        runs: list[tuple[frozenset[tuple[str, date]], date, date, str]] = []
         for _ in range(10):
             context = dg.build_sensor_context(
                 instance=self.instance,
@@ -85,14 +85,15 @@ class World:
                     tags=request.tags,
                 )
                 assert result.success
-                touched = {
-                    event.asset_key.to_user_string()
+                # What the run really wrote: its materializations, day by day.
+                written = {
+                    (event.asset_key.to_user_string(), date.fromisoformat(event.partition))
                     for event in result.get_asset_materialization_events()
-                    if event.asset_key is not None
+                    if event.asset_key is not None and event.partition is not None
                 }
                 runs.append(
                     (
-                        frozenset(touched),
+                        frozenset(written),
                         date.fromisoformat(request.tags[RANGE_START_TAG]),
                         date.fromisoformat(request.tags[RANGE_END_TAG]),
                         request.tags[REASON_TAG],
@@ -160,7 +161,7 @@ def test_a_late_landing_file_reaches_every_snapshot_holding_its_day(world: World
     # Its day's events, signals and sequences, in one run ...
     first = cycle.runs[0]
     assert (first[1], first[2]) == (late_day, late_day)
-    assert {"events/engagement", "signals/engagement_enriched"} <= first[0]
+    assert {("events/engagement", late_day), ("signals/engagement_enriched", late_day)} <= first[0]
     assert "landing files of dt=" in first[3]
     for asset in ("events/engagement", "signals/engagement_enriched"):
         assert touched[asset] == {late_day}, (asset, touched)
@@ -170,7 +171,9 @@ def test_a_late_landing_file_reaches_every_snapshot_holding_its_day(world: World
     assert touched["training/saves_training"] == {
         late_day + timedelta(days=n) for n in range((END - late_day).days + 1)
     }
+    assert touched.get("dead_letters/engagement", {late_day}) == {late_day}
     assert not set(touched) - {
+        "dead_letters/engagement",
         "events/engagement",
         "signals/engagement_enriched",
         "sequences/recent_saves",
@@ -189,6 +192,21 @@ def test_a_late_landing_file_reaches_every_snapshot_holding_its_day(world: World
 def test_late_stream_events_are_rebuilt_into_their_day(world: World) -> None:
     late_day = END - timedelta(days=5)
     world.deliver([save("late-stream-1", _at(late_day, 9))])
+    # The micro-batch run recorded what it wrote, where the UI shows it: the archive's day and
+    # the real-time table, whose automation is the stream sensor.
+    archive = dg.AssetKey(["stream_archive", "engagement"])
+    realtime = dg.AssetKey(["realtime", "engagement_enriched"])
+    assert late_day.isoformat() in world.instance.get_materialized_partitions(archive)
+    latest = world.instance.get_latest_materialization_event(realtime)
+    assert latest is not None and latest.asset_materialization is not None
+    assert latest.asset_materialization.metadata["rows_appended"].value == 1
+    graph = world.defs.resolve_asset_graph()
+    assert archive in graph.get(dg.AssetKey(["events", "engagement"])).parent_keys
+    assert dg.AssetKey(["stream", "engagement"]) in graph.get(archive).parent_keys
+    sensor = world.defs.resolve_sensor_def("engagement_stream")
+    job = world.defs.resolve_job_def(sensor.job_name)
+    assert job.asset_layer.selected_asset_keys == {realtime}
+
     cycle = world.cycle()
     touched = cycle.touched()
     assert touched["events/engagement"] == {late_day}
@@ -217,7 +235,8 @@ def test_a_landing_copy_on_another_day_displaces_the_stream_copy(world: World) -
     assert kept[DT].to_list() == [landing_day]
     assert kept["dwell_ms"].to_list() == [4321]
     assert "moved-1" in world.saved_ids(landing_day)
-    assert world.saved_ids(stream_day).count("moved-1") == 1
+    signals = pl.read_delta(world.layout.signals("engagement_enriched"))
+    assert signals.filter(pl.col("event_id") == "moved-1")[DT].to_list() == [landing_day]
 
 
 def _at(day: date, hour: int) -> datetime:
