@@ -17,8 +17,17 @@ import polars as pl
 from sequence_platform.engine.sequence import empty_snapshot
 from sequence_platform.ingest.landing import UnreadableLandingFile
 from sequence_platform.orchestration import checks, skew
+from sequence_platform.orchestration.keys import (
+    dead_letters_key,
+    events_key,
+    features_key,
+    landing_key,
+    sequence_key,
+    signal_key,
+    stream_archive_key,
+    training_key,
+)
 from sequence_platform.orchestration.orphans import claim_run
-from sequence_platform.orchestration.realtime import dead_letters_key, stream_archive_key
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.orchestration.runner import PROGRESS_LOGGER
 from sequence_platform.runtime.batch import (
@@ -45,26 +54,6 @@ progress = logging.getLogger(PROGRESS_LOGGER)
 Builder = Callable[[BatchContext, str, date, date], StepOutcome]
 Finisher = Callable[[BatchContext, str], dict[str, int | float | str]]
 Checker = Callable[[pl.DataFrame], list[dg.AssetCheckResult]]
-
-
-def landing_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["landing", name])
-
-
-def events_key(source: str) -> dg.AssetKey:
-    return dg.AssetKey(["events", source])
-
-
-def features_key(table: str) -> dg.AssetKey:
-    return dg.AssetKey(["features", table])
-
-
-def signal_key(signal: str) -> dg.AssetKey:
-    return dg.AssetKey(["signals", signal])
-
-
-def sequence_key(sequence: str) -> dg.AssetKey:
-    return dg.AssetKey(["sequences", sequence])
 
 
 def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
@@ -388,10 +377,6 @@ def build_assets(
         )
         found.append(_training_asset(catalog, training, partitions, platform))
     return found
-
-
-def training_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["training", name])
 
 
 def _training_asset(

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from sequence_platform.ingest.landing import landing_days, landing_files, landing_fingerprint
+from sequence_platform.orchestration.keys import key_of, landing_key
 from sequence_platform.orchestration.realtime import ACTIVE, FAILED
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.orchestration.runner import RANGE_END_TAG, RANGE_START_TAG
@@ -85,7 +86,7 @@ def _landing_events(
     names += [t.spine for t in catalog.training_sets.values()]
     events: list[dg.AssetMaterialization] = []
     for name in dict.fromkeys(names):
-        key = dg.AssetKey(["landing", name])
+        key = landing_key(name)
         recorded = latest_materializations(instance, key)
         for day in landing_days(home, name):
             fingerprint = landing_fingerprint(home, name, day)
@@ -114,7 +115,7 @@ def _request(rebuild: Rebuild, attempts: int, rebuild_key: str) -> dg.RunRequest
     reason = "; ".join(rebuild.reasons)
     return dg.RunRequest(
         run_key=f"{rebuild_key}#{attempts}",
-        asset_selection=[dg.AssetKey(asset.split("/")) for asset in rebuild.assets],
+        asset_selection=[key_of(asset) for asset in rebuild.assets],
         tags={
             RANGE_START_TAG: rebuild.first.isoformat(),
             RANGE_END_TAG: rebuild.last.isoformat(),
@@ -156,7 +157,7 @@ def late_data_sensor(catalog: Catalog, job_name: str, interval_seconds: int) -> 
         instance = context.instance
         landing = _landing_events(platform, catalog, instance)
         built = {
-            asset: latest_materializations(instance, dg.AssetKey(asset.split("/")))
+            asset: latest_materializations(instance, key_of(asset))
             for asset in asset_reads(catalog)
         }
         batch = platform.batch_context(catalog)

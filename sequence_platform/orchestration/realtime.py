@@ -15,6 +15,14 @@ import dagster as dg
 from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.ingest.stream import StreamUnavailable
+from sequence_platform.orchestration.keys import (
+    dead_letters_key,
+    features_key,
+    landing_key,
+    realtime_key,
+    stream_archive_key,
+    stream_key,
+)
 from sequence_platform.orchestration.orphans import claim_run
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.runtime.microbatch import MicroBatchOutcome, RealtimeWriter
@@ -50,22 +58,6 @@ class MicroBatchConfig(dg.Config):
     end: int
 
 
-def realtime_key(signal: str) -> dg.AssetKey:
-    return dg.AssetKey(["realtime", signal])
-
-
-def stream_key(source: str) -> dg.AssetKey:
-    return dg.AssetKey(["stream", source])
-
-
-def stream_archive_key(source: str) -> dg.AssetKey:
-    return dg.AssetKey(["stream_archive", source])
-
-
-def dead_letters_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["dead_letters", name])
-
-
 def microbatch_job_name(source: str) -> str:
     return f"realtime_{source}"
 
@@ -99,9 +91,9 @@ def stream_assets(
             ),
         ]
     inputs = [
-        *((name, [dg.AssetKey(["landing", name]), stream_key(name)]) for name in catalog.sources),
-        *((name, [dg.AssetKey(["landing", name])]) for name in catalog.feature_tables),
-        *((t.name, [dg.AssetKey(["landing", t.spine])]) for t in catalog.training_sets.values()),
+        *((name, [landing_key(name), stream_key(name)]) for name in catalog.sources),
+        *((name, [landing_key(name)]) for name in catalog.feature_tables),
+        *((t.name, [landing_key(t.spine)]) for t in catalog.training_sets.values()),
     ]
     for name, deps in inputs:
         found.append(
@@ -206,7 +198,7 @@ def microbatch_job(
             ),
             deps=[
                 stream_key(source.name),
-                *(dg.AssetKey(["features", e.table]) for e in signal.enrich),
+                *(features_key(e.table) for e in signal.enrich),
             ],
             kinds={"polars", "delta"},
             skippable=True,
