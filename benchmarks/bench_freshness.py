@@ -3,7 +3,8 @@
 Two real-time paths over the same real broker, read service and data home:
 
 - ``indexer``: ``sequence-platform index --continuous`` (target p95 <= 2 s);
-- ``sensor``: ``dagster dev`` with the stream sensor launching micro-batch runs (p95 <= 15 s).
+- ``sensor``: ``dg dev`` (as ``make ui``) with the stream sensor launching micro-batch runs
+  (p95 <= 15 s).
 
 Events are produced at a steady rate for distinct users; a poller asks the batch endpoint for
 every user with an event in flight and records when each event first appears. Everything runs
@@ -165,18 +166,8 @@ def measure(path: str, args: argparse.Namespace, bootstrap: str, work: Path) -> 
         processes.append(start([*cli, "index", "--continuous"], env, home / "index.log"))
     else:
         ui_port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-m",
-            "definitions",
-            "-a",
-            "defs",
-            "-p",
-            str(ui_port),
-        ]
+        # As `make ui` runs it: dg dev, from the repository (its pyproject names the code).
+        command = [str(Path(sys.executable).with_name("dg")), "dev", "-p", str(ui_port)]
         processes.append(start(command, env, home / "dagster.log"))
     tracker = Tracker()
     stop_polling = threading.Event()
