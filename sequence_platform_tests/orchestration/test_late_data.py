@@ -71,11 +71,11 @@ class World:
                 resources={"platform": self.defs.resources["platform"]},
                 definitions=self.defs,
             )
-            tick = sensor(context)
-            requests = tick.run_requests if isinstance(tick, dg.SensorResult) else None
-            if isinstance(tick, dg.SensorResult) and tick.asset_events:
-                for event in tick.asset_events:
-                    self.instance.report_runless_asset_event(event)
+            # Dagster's own tick evaluation, which validates the requests as the daemon does.
+            tick = sensor.evaluate_tick(context)
+            requests = tick.run_requests
+            for event in tick.asset_events:
+                self.instance.report_runless_asset_event(event)
             if not requests:
                 return Cycle(runs)
             for request in requests:
