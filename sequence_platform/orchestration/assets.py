@@ -111,7 +111,7 @@ def _dead_letters_written(name: str, day: date, rows: int) -> dg.AssetMaterializ
     return dg.AssetMaterialization(
         asset_key=dead_letters_key(name),
         partition=day.isoformat(),
-        description="landing records that failed validation, written by the batch",
+        description="the day's rejected landing records, rewritten by the batch",
         metadata={"rows": rows},
     )
 
@@ -206,8 +206,8 @@ def _daily_asset(
                     streamed=day in streamed,
                 )
                 evaluations += [_evaluation(key, day, result) for result in found]
-                rejected = outcome.counts.get("dead_letters", {}).get(day, 0)
-                if rejected:
+                if outcome.dead_letters_rewritten:
+                    rejected = outcome.counts.get("dead_letters", {}).get(day, 0)
                     context.log_event(_dead_letters_written(name, day, rejected))
             line = f"{key.to_user_string()} {chunk}: {outcome.stats.rows:,} rows in {seconds:.2f}s"
             context.log.info(line)

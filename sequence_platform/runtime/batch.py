@@ -62,6 +62,8 @@ class StepOutcome:
     """Further figures of the step, each per day (dead letters, say)."""
     notes: dict[str, dict[date, str]] = field(default_factory=dict)
     """Further facts of the step, each per day, in words."""
+    dead_letters_rewritten: bool = False
+    """Whether the step replaced its days' dead letters (there were or are some)."""
 
 
 def per_day(frame: pl.DataFrame, column: str = DT) -> dict[date, int]:
@@ -158,7 +160,9 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         ctx.layout.events(source), events, start, end, ctx.layout.storage_options
     )
     # The stream's dead letters share the table; a landing day replaces only its own.
-    _write_dead_letters(ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'")
+    rewritten = _write_dead_letters(
+        ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'"
+    )
     from_landing = pl.col("event_id").is_in(landed["event_id"].implode())
     kept = per_day(events.filter(from_landing))
     landed_days = per_day(landed.select(pl.col("event_time").dt.date().alias(DT)))
@@ -176,6 +180,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
             ),
         },
         {STREAM_COPIES_ON: copies_elsewhere},
+        dead_letters_rewritten=rewritten,
     )
 
 
@@ -263,12 +268,14 @@ def _write_dead_letters(
     end: date,
     *,
     only_where: str | None = None,
-) -> None:
-    """Replace the days' dead letters; no commit at all when there were none and are none."""
+) -> bool:
+    """Replace the days' dead letters; no commit at all when there were none and are none.
+    Returns whether it committed."""
     uri = ctx.layout.dead_letters(name)
     if dead.is_empty() and not any(records_per_day(uri, start, end, ctx.layout.storage_options)):
-        return
+        return False
     overwrite_days(uri, dead, start, end, ctx.layout.storage_options, only_where=only_where)
+    return True
 
 
 def build_features(ctx: BatchContext, table: str, start: date, end: date) -> StepOutcome:
@@ -289,8 +296,10 @@ def build_features(ctx: BatchContext, table: str, start: date, end: date) -> Ste
     )
     stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
     dead = _landing_dead_letters(decoded, start, end)
-    _write_dead_letters(ctx, table, dead, start, end)
-    return StepOutcome(rows, stats, {"dead_letters": per_day(dead)})
+    rewritten = _write_dead_letters(ctx, table, dead, start, end)
+    return StepOutcome(
+        rows, stats, {"dead_letters": per_day(dead)}, dead_letters_rewritten=rewritten
+    )
 
 
 def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:
@@ -375,7 +384,7 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
         pl.lit("spine").alias(CHANNEL),
         pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET),
     ).select(DEAD_LETTER_COLUMNS)
-    _write_dead_letters(ctx, name, dead, start, end)
+    rewritten = _write_dead_letters(ctx, name, dead, start, end)
     return StepOutcome(
         written,
         stats,
@@ -383,6 +392,7 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
             "spine_rows": per_day(spine.select(pl.col("ts").dt.date().alias(DT))),
             "dead_letters": per_day(dead),
         },
+        dead_letters_rewritten=rewritten,
     )
 
 

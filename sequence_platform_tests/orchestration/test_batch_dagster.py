@@ -6,7 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -132,6 +132,21 @@ def test_each_day_of_a_range_run_records_its_own_figures_and_checks(platform: Pl
     ordered = [e for e in evaluations if e.asset_key == key and e.check_name == ORDERED]
     assert sorted(e.partition for e in ordered) == sorted(latest)
     assert all(e.passed for e in ordered)
+
+    # The events asset rewrote the days' dead letters: each day is recorded with its own count.
+    dead = pl.read_delta(platform.layout.dead_letters("engagement")).group_by(DT).len()
+    dead_key = dg.AssetKey(["dead_letters", "engagement"])
+    recorded = {
+        record.asset_materialization.partition: record.asset_materialization.metadata["rows"].value
+        for record in platform.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dead_key), limit=100
+        ).records[::-1]  # oldest first: the latest of each day wins
+        if record.asset_materialization is not None
+    }
+    assert recorded == {
+        day.isoformat(): dead.filter(pl.col(DT) == day)["len"].sum()
+        for day in (START + timedelta(days=n) for n in range(4))
+    }
 
 
 def test_snapshot_equals_direct_computation(platform: Platform) -> None:
