@@ -227,30 +227,36 @@ def microbatch_job(
                 if rows is not None:
                     appended[signal.name].add(outcome, rows)
 
-        with platform.open_stream() as stream:
-            writer = RealtimeWriter(catalog, platform.layout, stream)
-            take(writer.process(source.name, config.partition, config.start, config.end))
-            # A launched run is warm: it takes the next ranges itself while they keep coming,
-            # each committed with its own end offset, instead of paying a launch per batch.
-            # The sensor launches no other run for the partition meanwhile.
-            lingering_until = time.monotonic() + settings.linger_seconds
-            while time.monotonic() < lingering_until:
-                end = stream.end_offsets(source.topic_name).get(config.partition, 0)
-                start = writer.committed_offset(source.name, config.partition)
-                if start >= end:
-                    time.sleep(0.1)
-                    continue
-                stop = min(end, start + settings.max_batch_messages)
-                try:
-                    take(writer.process(source.name, config.partition, start, stop))
-                except CommitFailedError:
-                    continue  # another writer (an indexer) got there first: re-read offsets
+        failure: Exception | None = None
+        try:
+            with platform.open_stream() as stream:
+                writer = RealtimeWriter(catalog, platform.layout, stream)
+                take(writer.process(source.name, config.partition, config.start, config.end))
+                # A launched run is warm: it takes the next ranges itself while they keep
+                # coming, each committed with its own end offset, instead of paying a launch
+                # per batch. The sensor launches no other run for the partition meanwhile.
+                lingering_until = time.monotonic() + settings.linger_seconds
+                while time.monotonic() < lingering_until:
+                    end = stream.end_offsets(source.topic_name).get(config.partition, 0)
+                    start = writer.committed_offset(source.name, config.partition)
+                    if start >= end:
+                        time.sleep(0.1)
+                        continue
+                    stop = min(end, start + settings.max_batch_messages)
+                    try:
+                        take(writer.process(source.name, config.partition, start, stop))
+                    except CommitFailedError:
+                        continue  # another writer (an indexer) got there first: re-read offsets
+        except Exception as error:
+            failure = error  # what earlier ranges committed is recorded all the same
         for signal in signals:
             total = appended[signal.name]
             if total.ranges:
                 yield dg.MaterializeResult(
                     asset_key=realtime_key(signal.name), metadata=total.metadata()
                 )
+        if failure is not None:
+            raise failure
 
     job = dg.define_asset_job(
         microbatch_job_name(source.name),
