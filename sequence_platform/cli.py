@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _generation_options(demo, days=21)
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument("--no-serve", action="store_true", help="stop after materializing")
     demo.set_defaults(command=_demo)
 
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the HTTP read service")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
         "--workers",
         type=_at_least_one,
@@ -153,13 +153,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _user_id(text: str) -> int:
+    from sequence_platform.runtime.tombstones import user_ids
+
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a user id is an integer, not {text!r}") from None
-    if not -(2**63) <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"user id {text} is outside the int64 range")
+    try:
+        user_ids([value])  # the int64 range, as forgetting checks it
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number, not {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, not {text}")
+    return value
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why the demo could not listen on ``host:port`` (in use, say), or None when it can."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _at_least_one(text: str) -> int:
@@ -538,6 +566,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # Checked first: the generation and the materialization take a while.
+    taken = None if args.no_serve else _port_taken(args.host, args.port)
+    if taken is not None:
+        print(
+            f"The demo cannot serve on {args.host}:{args.port}: {taken}. "
+            "Stop what uses it, or choose another with --port.",
+            file=sys.stderr,
+        )
+        return 2
     code = _generate(args)
     if code:
         return code
@@ -550,7 +587,11 @@ def _demo(args: argparse.Namespace) -> int:
     # ignored, and Dagster's run leaves SIGTERM mapped to whatever SIGINT's handler was.
     stop = DemoStop()
     stop.install()
-    services = _start_live_services(args.host, args.port)
+    try:
+        services = _start_live_services(args.host, args.port)
+    except RuntimeError as error:  # the port was taken meanwhile, say
+        print(f"The demo stopped: {error}", file=sys.stderr)
+        return 1
     try:
         _show_live_events(base, services.indexer, stop.requested)
     except Exception as error:  # the demo goes on serving even if the live show stumbles

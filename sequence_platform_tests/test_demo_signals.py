@@ -212,3 +212,32 @@ def test_ctrl_c_in_a_terminal_stops_cleanly(demo_env: dict[str, str]) -> None:
     assert "The demo stopped (SIGINT)" in terminal.text
     assert "Traceback" not in terminal.text
     assert not serves_http(port)
+
+
+def test_a_port_in_use_is_refused_before_any_work(tmp_path: Path) -> None:
+    """Said at once, without a traceback, not after generating and materializing every day."""
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SEQUENCE_")}
+    env |= {"SEQUENCE_PLATFORM_HOME": str(home), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            demo_command(port), cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"The demo cannot serve on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not home.exists() and time.monotonic() - started < 60
+    for bad, reason in (("0", "a port is 1..65535, not 0"), ("http", "not 'http'")):
+        refused = subprocess.run(
+            [*demo_command(port)[:-1], f"--port={bad}"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr

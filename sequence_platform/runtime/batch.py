@@ -157,7 +157,12 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     )
     dead = without_forgotten(_landing_dead_letters(decoded, start, end), forgotten)
     stats = overwrite_days(
-        ctx.layout.events(source), events, start, end, ctx.layout.storage_options
+        ctx.layout.events(source),
+        events,
+        start,
+        end,
+        ctx.layout.storage_options,
+        keep=Tombstones(ctx.layout).keep,
     )
     # The stream's dead letters share the table; a landing day replaces only its own.
     rewritten = _write_dead_letters(
@@ -274,7 +279,15 @@ def _write_dead_letters(
     uri = ctx.layout.dead_letters(name)
     if dead.is_empty() and not any(records_per_day(uri, start, end, ctx.layout.storage_options)):
         return False
-    overwrite_days(uri, dead, start, end, ctx.layout.storage_options, only_where=only_where)
+    overwrite_days(
+        uri,
+        dead,
+        start,
+        end,
+        ctx.layout.storage_options,
+        only_where=only_where,
+        keep=Tombstones(ctx.layout).keep,
+    )
     return True
 
 
@@ -329,7 +342,14 @@ def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> Step
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    stats = overwrite_days(ctx.layout.signals(signal), rows, start, end, ctx.layout.storage_options)
+    stats = overwrite_days(
+        ctx.layout.signals(signal),
+        rows,
+        start,
+        end,
+        ctx.layout.storage_options,
+        keep=Tombstones(ctx.layout).keep,
+    )
     return StepOutcome(rows, stats)
 
 
@@ -347,7 +367,12 @@ def build_sequence(ctx: BatchContext, sequence: str, start: date, end: date) -> 
     signal = without_forgotten(signal, Tombstones(ctx.layout).users())
     written = day_rows(signal, spec).collect()
     stats = overwrite_days(
-        ctx.layout.sequence(spec), written, start, end, ctx.layout.storage_options
+        ctx.layout.sequence(spec),
+        written,
+        start,
+        end,
+        ctx.layout.storage_options,
+        keep=Tombstones(ctx.layout).keep,
     )
     return StepOutcome(written, stats)
 
@@ -374,7 +399,12 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
             f"{start}..{end} of the folders they are in; move them to the folder of their day"
         )
     stats = overwrite_days(
-        ctx.layout.training(name), written, start, end, ctx.layout.storage_options
+        ctx.layout.training(name),
+        written,
+        start,
+        end,
+        ctx.layout.storage_options,
+        keep=Tombstones(ctx.layout).keep,
     )
     dead = rejected.select(
         pl.lit(start).alias(DT),

@@ -45,6 +45,7 @@ from sequence_platform.runtime.tombstones import (
 )
 from sequence_platform.storage.delta import COMMIT_ATTEMPTS, delete_keys, open_table
 from sequence_platform.storage.layout import TOMBSTONES, TableLayout
+from sequence_platform.storage.maintenance import on_fresh_table
 
 TABLE_DEPTH = 3
 """Tables lie at most this deep under the root: ``sequences/<name>/v<version>``."""
@@ -223,19 +224,10 @@ def _keys_of(table: DeltaTable, users: pl.Series) -> pl.DataFrame | None:
 
 
 def _vacuum(uri: str, storage_options: dict[str, str] | None) -> int:
-    """Remove every file no current row needs any more (retention zero); the number removed."""
-    for attempt in range(COMMIT_ATTEMPTS):
-        table = open_table(uri, storage_options)
-        if table is None:
-            return 0
-        try:
-            removed = table.vacuum(
-                retention_hours=0, enforce_retention_duration=False, dry_run=False
-            )
-            return len(removed)
-        except CommitFailedError:
-            # Vacuum records itself in the log; a writer committed first.
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    return 0
+    """Remove every file no current row needs any more (retention zero); the number removed.
+    Vacuum records itself in the log, so a writer that commits first makes it start again."""
+
+    def vacuum(table: DeltaTable) -> int:
+        return len(table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False))
+
+    return on_fresh_table(uri, vacuum, storage_options) or 0

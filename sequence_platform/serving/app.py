@@ -123,8 +123,8 @@ def serve(
     Each worker keeps its own small state (versions, real-time rows, feature versions) and maps
     the same snapshot files, so memory does not grow with the number of workers. Requests are
     counted and timed in ``/metrics``; a log line per request (``access_log``, or
-    ``settings.access_log``) costs about a quarter of the throughput of a fetch, so it is off
-    unless asked for. Every log line is a JSON object on stderr (see ``logs``).
+    ``settings.access_log``) is a measurable share of a fetch's time (see the README), so it
+    is off unless asked for. Every log line is a JSON object on stderr (see ``logs``).
     """
     log_json_to_stderr()
     settings = settings or PlatformSettings()

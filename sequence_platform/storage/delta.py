@@ -66,14 +66,18 @@ def overwrite_days(
     storage_options: dict[str, str] | None = None,
     *,
     only_where: str | None = None,
+    keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> WriteStats:
     """Replace days ``start..end`` of the table with ``frame`` (which has a ``dt`` column).
 
     Rows outside the range are refused by Delta's predicate check rather than written.
     An empty ``frame`` empties those days. ``only_where`` narrows what is replaced to the rows
-    one writer owns (a SQL predicate), when several writers share a table.
+    one writer owns (a SQL predicate), when several writers share a table. ``keep`` filters
+    the rows again before every commit attempt (a user forgotten meanwhile stays out).
     """
     began = time.perf_counter()
+    if keep is not None:
+        frame = keep(frame)
     rows = frame.to_arrow()
     predicate = days_predicate(start, end)
     if only_where:
@@ -99,6 +103,9 @@ def overwrite_days(
                 raise
             time.sleep(0.05 * (attempt + 1))
             table.update_incremental()
+            if keep is not None:
+                frame = keep(frame)
+                rows = frame.to_arrow()
     table.update_incremental()
     days = day_stats(table, frame, start, end)
     return WriteStats(

@@ -41,6 +41,25 @@ def test_overwrite_replaces_exactly_its_days(tmp_path: Path) -> None:
     assert content(uri) == [(d2, 20), (d2, 21), (d3, 3)]
 
 
+def test_overwrite_filters_rows_through_keep_before_it_commits(tmp_path: Path) -> None:
+    """``keep`` is asked when the write commits, not when its rows were computed: a user
+    forgotten while a batch step worked stays out of what it writes."""
+    uri = str(tmp_path / "t")
+    d1 = date(2026, 3, 1)
+    banned: set[int] = set()
+    asked: list[int] = []
+
+    def keep(frame: pl.DataFrame) -> pl.DataFrame:
+        asked.append(frame.height)
+        return frame.filter(~pl.col("x").is_in(list(banned)))
+
+    computed = rows((d1, 1), (d1, 2), (d1, 3))
+    banned.add(2)  # forgotten after the rows were computed, before the write
+    stats = overwrite_days(uri, computed, d1, d1, keep=keep)
+    assert content(uri) == [(d1, 1), (d1, 3)]
+    assert (stats.rows, stats.days[d1].rows, asked) == (2, 2, [3])
+
+
 def test_overwrite_refuses_rows_outside_its_days(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     d1, d2 = date(2026, 3, 1), date(2026, 3, 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
+import polars as pl
 from deltalake.exceptions import DeltaError
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -98,7 +99,7 @@ def admin_router(token: str) -> APIRouter:
         store = context_of(request).store
         try:
             outcome = forget_users(store.layout, [user_id])
-        except (ForgetIncomplete, DeltaError, OSError) as error:
+        except (ForgetIncomplete, DeltaError, OSError, pl.exceptions.PolarsError) as error:
             raise ForgetFailed(
                 f"forgetting user {user_id} did not complete ({error}); forgetting again is "
                 "safe: retry"
