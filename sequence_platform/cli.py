@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.command(args)
         return result
+    except KeyboardInterrupt:
+        # Ctrl-C outside a Dagster run (which reports its own interruption): no traceback.
+        print("Interrupted.", file=sys.stderr)
+        return 130
     except DefinitionError as error:
         print(error, file=sys.stderr)
         print("Fix the definitions above, then run 'sequence-platform validate'.", file=sys.stderr)
@@ -46,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"{error.strerror or error}: {error.filename or ''}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -306,10 +308,38 @@ def _materialize(args: argparse.Namespace) -> int:
                 f"  marked run {orphan.run_id[:8]} ({orphan.tags.get(RANGE_START_TAG)} to "
                 f"{orphan.tags.get(RANGE_END_TAG)}) failed: its process is gone"
             )
+        # Failures are summed up per asset below; Dagster's stack traces stay in the run's
+        # event log (the UI), rather than scrolling the summary away.
         runs = materialize_days(
-            defs, instance, start, end, keys=keys, progress=report, raise_on_error=False
+            defs,
+            instance,
+            start,
+            end,
+            keys=keys,
+            progress=report,
+            raise_on_error=False,
+            log_level="CRITICAL",
         )
-    return 0 if all(run.success for run in runs) else 1
+    if any(run.error and INTERRUPTED in run.error for run in runs):
+        print(
+            "Interrupted: the chunks of days already written stay (each is one commit); run the "
+            "same command again to finish.",
+            file=sys.stderr,
+        )
+        return 130
+    if not all(run.success for run in runs):
+        failed = next(run for run in runs if not run.success)
+        print(
+            f"The run's full log, stack traces included, is in the Dagster UI (make ui), run "
+            f"{failed.run_id[:8]}.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+INTERRUPTED = "DagsterExecutionInterruptedError"
+"""How a run stopped by Ctrl-C (SIGINT) names its failure."""
 
 
 def _prepare_dagster_home() -> None:

@@ -241,3 +241,36 @@ def test_a_port_in_use_is_refused_before_any_work(tmp_path: Path) -> None:
             timeout=60,
         )
         assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+
+
+def test_ctrl_c_while_materializing_stops_without_a_traceback(
+    demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Interrupted before it serves: exit 130 (interrupted work), a line saying what stays and
+    what to do, and no Dagster stack trace scrolling it away."""
+    log = tmp_path / "demo.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            demo_command(free_port()),
+            cwd=REPO,
+            env=demo_env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        until(
+            lambda: "Materializing" in log.read_text(),
+            "it materializes",
+            lambda: process.poll() is None,
+        )
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=STOP_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert code == 130, text
+    assert "Interrupted" in text
+    assert "Traceback" not in text and "Stack Trace" not in text
