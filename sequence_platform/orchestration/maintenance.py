@@ -45,6 +45,7 @@ def every_table(catalog: Catalog, layout: TableLayout) -> list[str]:
         tables += [layout.signals(signal), layout.realtime(signal)]
     tables += [layout.sequence(spec) for spec in catalog.sequences.values()]
     tables += [layout.training(name) for name in catalog.training_sets]
+    tables.append(layout.tombstones())  # grows by a commit or two with every forgotten user
     return tables
 
 
