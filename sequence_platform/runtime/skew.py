@@ -111,8 +111,8 @@ def served_skew(
     def of_users(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.filter(pl.col("user_id").is_in(users.implode()))
 
-    previous = of_users(read_snapshot(layout, catalog, spec, day - timedelta(days=1)))
-    new = of_users(read_snapshot(layout, catalog, spec, day))
+    previous = read_snapshot(layout, catalog, spec, day - timedelta(days=1), users)
+    new = read_snapshot(layout, catalog, spec, day, users)
     served = served_sequences(previous, of_users(tail), spec, at)
     expected = expected_snapshot(new, previous, not_streamed["event_id"], spec, at)
     left_out = sequence_rows(not_streamed.lazy(), spec).collect().height

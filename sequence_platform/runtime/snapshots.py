@@ -25,26 +25,39 @@ from sequence_platform.storage.layout import TableLayout
 
 
 def snapshot_from_table(
-    table: DeltaTable, spec: SequenceSpec, schema: pl.Schema, day: date
+    table: DeltaTable,
+    spec: SequenceSpec,
+    schema: pl.Schema,
+    day: date,
+    users: pl.Series | None = None,
 ) -> pl.DataFrame:
     """The snapshot of ``spec`` at the cutoff of ``day`` from this table version, one row per
-    user in ascending ``user_id`` order, with the columns of ``schema``."""
+    user in ascending ``user_id`` order, with the columns of ``schema``; only ``users`` when
+    given (the filter is pushed into the read)."""
     cutoff = snapshot_cutoff(day)
     first, last = stored_days(spec, cutoff)
+    wanted = pl.col("user_id").is_not_null()
+    if users is not None:
+        wanted = pl.col("user_id").is_in(users.implode())
     stored = (
         pl.scan_delta(table)
-        .filter(pl.col(DT).is_between(first, last) & pl.col("user_id").is_not_null())
+        .filter(pl.col(DT).is_between(first, last) & wanted)
         .select(pl.col(DT), *(pl.col(name).cast(dtype) for name, dtype in schema.items()))
     )
     return combine_days(stored, spec, cutoff).collect()
 
 
 def read_snapshot(
-    layout: TableLayout, catalog: Catalog, spec: SequenceSpec, day: date
+    layout: TableLayout,
+    catalog: Catalog,
+    spec: SequenceSpec,
+    day: date,
+    users: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """The snapshot of ``spec`` at the cutoff of ``day``; empty when nothing is stored yet."""
+    """The snapshot of ``spec`` at the cutoff of ``day`` (of ``users`` only, when given);
+    empty when nothing is stored yet."""
     schema = empty_snapshot(spec, catalog).collect_schema()
     table = open_table(layout.sequence(spec), layout.storage_options)
     if table is None:
         return pl.DataFrame(schema=schema)
-    return snapshot_from_table(table, spec, schema, day)
+    return snapshot_from_table(table, spec, schema, day, users)
