@@ -9,17 +9,12 @@ with a hint on installing Java and Maven.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from sequence_platform.ingest.kafka_broker import INSTALL_HINT, KafkaBroker, KafkaUnavailable
-
-
-def running_in_ci() -> bool:
-    """True when the ``CI`` environment variable says so (``CI=true``)."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+from sequence_platform_tests.ci import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +35,8 @@ def kafka_broker() -> Iterator[KafkaBroker]:
             broker = KafkaBroker()
             broker.start()
     except KafkaUnavailable as exc:
-        if running_in_ci():
-            raise
         hint = "" if INSTALL_HINT in str(exc) else f"\nTo run Kafka tests: {INSTALL_HINT}"
-        pytest.skip(f"Kafka broker unavailable (with CI=true this fails instead): {exc}{hint}")
+        unavailable(f"Kafka broker unavailable: {exc}{hint}")
     try:
         yield broker
     finally:
