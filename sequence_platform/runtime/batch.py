@@ -5,7 +5,8 @@ step can be run from a test or a script. Each step owns the days it is given: it
 exactly those partitions, so running it again gives the same table. A long range is run in
 chunks of whole days (``plan_chunks``), each written as soon as it is computed, so memory
 follows a chunk's volume, never the number of days. The rows of forgotten users (see
-``runtime.tombstones``) are left out of what each step reads, landing files included.
+``runtime.tombstones``) are left out of every write, at commit time (``BatchContext.write_days``),
+and of the raw inputs whose counts they would change (landing files, stream archive, spine).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -51,6 +53,33 @@ class BatchContext:
     catalog: Catalog
     layout: TableLayout
     home: Path
+
+    @cached_property
+    def tombstones(self) -> Tombstones:
+        """The users forgotten so far, read again only when the tombstone table changes."""
+        return Tombstones(self.layout)
+
+    def write_days(
+        self,
+        uri: str,
+        frame: pl.DataFrame,
+        start: date,
+        end: date,
+        *,
+        only_where: str | None = None,
+    ) -> WriteStats:
+        """Replace the days of a table; every batch write goes through here, so a user
+        forgotten while a step worked is left out at commit time (``overwrite_days`` asks
+        ``keep`` at each attempt)."""
+        return overwrite_days(
+            uri,
+            frame,
+            start,
+            end,
+            self.layout.storage_options,
+            only_where=only_where,
+            keep=self.tombstones.keep,
+        )
 
 
 @dataclass(frozen=True)
@@ -136,7 +165,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         read_landing_day(ctx.home, source, day, schema, required=required, time_field="event_time")
         for day in day_range(start, end)
     ]
-    forgotten = Tombstones(ctx.layout).users()
+    forgotten = ctx.tombstones.users()
     landed = pl.concat([d.valid for d in decoded], how="vertical_relaxed").drop(ORIGIN)
     landed = without_forgotten(landed, forgotten)
     streamed = scan_days(
@@ -156,14 +185,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         .collect()
     )
     dead = without_forgotten(_landing_dead_letters(decoded, start, end), forgotten)
-    stats = overwrite_days(
-        ctx.layout.events(source),
-        events,
-        start,
-        end,
-        ctx.layout.storage_options,
-        keep=Tombstones(ctx.layout).keep,
-    )
+    stats = ctx.write_days(ctx.layout.events(source), events, start, end)
     # The stream's dead letters share the table; a landing day replaces only its own.
     rewritten = _write_dead_letters(
         ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'"
@@ -279,15 +301,7 @@ def _write_dead_letters(
     uri = ctx.layout.dead_letters(name)
     if dead.is_empty() and not any(records_per_day(uri, start, end, ctx.layout.storage_options)):
         return False
-    overwrite_days(
-        uri,
-        dead,
-        start,
-        end,
-        ctx.layout.storage_options,
-        only_where=only_where,
-        keep=Tombstones(ctx.layout).keep,
-    )
+    ctx.write_days(uri, dead, start, end, only_where=only_where)
     return True
 
 
@@ -307,7 +321,7 @@ def build_features(ctx: BatchContext, table: str, start: date, end: date) -> Ste
         .with_columns(pl.col(spec.as_of).dt.date().alias(DT))
         .sort(DT, spec.key, spec.as_of)
     )
-    stats = overwrite_days(ctx.layout.features(table), rows, start, end, ctx.layout.storage_options)
+    stats = ctx.write_days(ctx.layout.features(table), rows, start, end)
     dead = _landing_dead_letters(decoded, start, end)
     rewritten = _write_dead_letters(ctx, table, dead, start, end)
     return StepOutcome(
@@ -325,7 +339,6 @@ def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> Step
         end,
         ctx.layout.storage_options,
     )
-    events = without_forgotten(events, Tombstones(ctx.layout).users())
     features = {
         enrichment.table: scan_days(
             ctx.layout.features(enrichment.table),
@@ -342,14 +355,7 @@ def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> Step
         .sort(DT, "event_time", "event_id")
         .collect()
     )
-    stats = overwrite_days(
-        ctx.layout.signals(signal),
-        rows,
-        start,
-        end,
-        ctx.layout.storage_options,
-        keep=Tombstones(ctx.layout).keep,
-    )
+    stats = ctx.write_days(ctx.layout.signals(signal), rows, start, end)
     return StepOutcome(rows, stats)
 
 
@@ -364,16 +370,8 @@ def build_sequence(ctx: BatchContext, sequence: str, start: date, end: date) -> 
         end,
         ctx.layout.storage_options,
     ).drop(DT)
-    signal = without_forgotten(signal, Tombstones(ctx.layout).users())
     written = day_rows(signal, spec).collect()
-    stats = overwrite_days(
-        ctx.layout.sequence(spec),
-        written,
-        start,
-        end,
-        ctx.layout.storage_options,
-        keep=Tombstones(ctx.layout).keep,
-    )
+    stats = ctx.write_days(ctx.layout.sequence(spec), written, start, end)
     return StepOutcome(written, stats)
 
 
@@ -383,7 +381,7 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
     spec = ctx.catalog.training_sets[name]
     sequences = [(spec.prefix(s), ctx.catalog.sequences[s]) for s in spec.sequences]
     spine = without_forgotten(
-        read_spine_days(ctx.home, spec.spine, start, end), Tombstones(ctx.layout).users()
+        read_spine_days(ctx.home, spec.spine, start, end), ctx.tombstones.users()
     )
     reader = Reader(ctx.catalog, ctx.layout)
     if spine.is_empty():
@@ -398,14 +396,7 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
             f"spine '{spec.spine}' has {outside.height} row(s) whose ts is not on the days "
             f"{start}..{end} of the folders they are in; move them to the folder of their day"
         )
-    stats = overwrite_days(
-        ctx.layout.training(name),
-        written,
-        start,
-        end,
-        ctx.layout.storage_options,
-        keep=Tombstones(ctx.layout).keep,
-    )
+    stats = ctx.write_days(ctx.layout.training(name), written, start, end)
     dead = rejected.select(
         pl.lit(start).alias(DT),
         pl.col(RECORD),
