@@ -112,3 +112,8 @@ def test_the_freshness_benchmark_writes_its_result(
     )
     freshness = check_document(result, "bench_freshness")["results"]
     assert {"events", "p50_s", "p95_s", "max_s"} <= freshness["indexer"].keys()
+
+
+def test_the_dagster_recording_benchmark_counts_its_events() -> None:
+    done = run_benchmark("bench_dagster_events.py", "--days=3", "--checks=2")
+    assert done.stdout.startswith("3 days x (1 materialization + 2 check results): 9 events")
