@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from sequence_platform.ingest.landing import landing_days, landing_files, landing_fingerprint
+from sequence_platform.ingest.landing import landing_files
 from sequence_platform.orchestration.keys import key_of, landing_key
 from sequence_platform.orchestration.realtime import ACTIVE, FAILED
 from sequence_platform.orchestration.resources import PlatformResource
@@ -23,8 +23,11 @@ from sequence_platform.orchestration.runner import RANGE_END_TAG, RANGE_START_TA
 from sequence_platform.runtime.late import (
     LANDING_FINGERPRINT,
     Built,
+    Fingerprints,
     Rebuild,
     asset_reads,
+    landing_fingerprints,
+    landing_folders,
     plan_rebuilds,
     stale_days,
 )
@@ -77,23 +80,17 @@ def _attempts(instance: dg.DagsterInstance, rebuild_key: str) -> int:
 
 
 def _landing_events(
-    platform: PlatformResource, catalog: Catalog, instance: dg.DagsterInstance
+    home: Path, landing: Fingerprints, instance: dg.DagsterInstance
 ) -> list[dg.AssetMaterialization]:
     """A materialization of ``landing/<name>`` for each day whose files changed since the last
     one recorded (or that was never recorded)."""
-    home = Path(platform.home)
-    names = [*catalog.sources, *catalog.feature_tables]
-    names += [t.spine for t in catalog.training_sets.values()]
     events: list[dg.AssetMaterialization] = []
-    for name in dict.fromkeys(names):
+    for name, fingerprints in landing.items():
         key = landing_key(name)
         recorded = latest_materializations(instance, key)
-        for day in landing_days(home, name):
-            fingerprint = landing_fingerprint(home, name, day)
+        for day, fingerprint in sorted(fingerprints.items()):
             before = recorded.get(day)
-            if not fingerprint or (
-                before is not None and before.metadata.get(LANDING_FINGERPRINT) == fingerprint
-            ):
+            if before is not None and before.metadata.get(LANDING_FINGERPRINT) == fingerprint:
                 continue
             files = landing_files(home, name, day)
             events.append(
@@ -155,13 +152,16 @@ def late_data_sensor(catalog: Catalog, job_name: str, interval_seconds: int) -> 
         context: dg.SensorEvaluationContext, platform: PlatformResource
     ) -> dg.SensorResult | dg.SkipReason:
         instance = context.instance
-        landing = _landing_events(platform, catalog, instance)
+        home = Path(platform.home)
+        # One look at the landing folders per tick, for what is recorded and what is stale.
+        fingerprints = landing_fingerprints(home, landing_folders(catalog))
+        landing = _landing_events(home, fingerprints, instance)
         built = {
             asset: latest_materializations(instance, key_of(asset))
             for asset in asset_reads(catalog)
         }
         batch = platform.batch_context(catalog)
-        stale = stale_days(batch, built)
+        stale = stale_days(batch, built, fingerprints)
         busy = _busy(instance)
         if "*" in busy:
             busy = set(asset_reads(catalog))

@@ -14,11 +14,12 @@ No Dagster here: the orchestration feeds what the instance recorded and launches
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
-from sequence_platform.ingest.landing import landing_fingerprint
+from sequence_platform.ingest.landing import landing_days, landing_fingerprint
 from sequence_platform.runtime.batch import STREAM_COPIES_ON, BatchContext
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.delta import day_range, records_per_day
@@ -27,6 +28,9 @@ LANDING_FINGERPRINT = "landing_fingerprint"
 STREAM_ARCHIVE_ROWS = "stream_archive_rows"
 
 Metadata = Mapping[str, object]
+Fingerprints = Mapping[str, Mapping[date, str]]
+"""Landing fingerprints by folder and day, taken once for a whole sensor tick (empty days left
+out: their fingerprint is the empty string)."""
 
 
 @dataclass(frozen=True)
@@ -91,35 +95,65 @@ def asset_reads(catalog: Catalog) -> dict[str, list[Reads]]:
     return reads
 
 
+def landing_folders(catalog: Catalog) -> list[str]:
+    """Every landing folder the definitions read: sources, feature tables and spines."""
+    names = [*catalog.sources, *catalog.feature_tables]
+    names += [t.spine for t in catalog.training_sets.values()]
+    return list(dict.fromkeys(names))
+
+
+def landing_fingerprints(home: Path, names: Iterable[str]) -> dict[str, dict[date, str]]:
+    """The fingerprint of every non-empty landing day of each folder in ``names``."""
+    found: dict[str, dict[date, str]] = {}
+    for name in names:
+        prints = ((day, landing_fingerprint(home, name, day)) for day in landing_days(home, name))
+        found[name] = {day: fingerprint for day, fingerprint in prints if fingerprint}
+    return found
+
+
 def input_fingerprints(
-    ctx: BatchContext, kind: str, name: str, start: date, end: date
+    ctx: BatchContext,
+    kind: str,
+    name: str,
+    start: date,
+    end: date,
+    landing: Fingerprints | None = None,
 ) -> dict[date, dict[str, str | int]]:
     """What each day of a build reads from outside the tables, taken before it reads it (a
-    change made meanwhile then shows as late data, never as nothing)."""
+    change made meanwhile then shows as late data, never as nothing). ``landing``: the
+    fingerprints already taken (``landing_fingerprints``), else the folders are looked at."""
     days = day_range(start, end)
+
+    def fingerprint(folder: str, day: date) -> str:
+        if landing is None:
+            return landing_fingerprint(ctx.home, folder, day)
+        return landing[folder].get(day, "")
+
     if kind == "events":
         archived = records_per_day(
             ctx.layout.stream_archive(name), start, end, ctx.layout.storage_options
         )
         return {
             day: {
-                LANDING_FINGERPRINT: landing_fingerprint(ctx.home, name, day),
+                LANDING_FINGERPRINT: fingerprint(name, day),
                 STREAM_ARCHIVE_ROWS: archived.get(day, 0),
             }
             for day in days
         }
     if kind in ("features", "training"):
         folder = name if kind == "features" else ctx.catalog.training_sets[name].spine
-        return {
-            day: {LANDING_FINGERPRINT: landing_fingerprint(ctx.home, folder, day)} for day in days
-        }
+        return {day: {LANDING_FINGERPRINT: fingerprint(folder, day)} for day in days}
     return {}
 
 
 def stale_days(
-    ctx: BatchContext, built: Mapping[str, Mapping[date, Built]]
+    ctx: BatchContext,
+    built: Mapping[str, Mapping[date, Built]],
+    landing: Fingerprints | None = None,
 ) -> dict[str, dict[date, list[str]]]:
-    """Every materialized day whose inputs changed since it was built, with the reasons."""
+    """Every materialized day whose inputs changed since it was built, with the reasons.
+    ``landing``: the tick's landing fingerprints, when already taken (see ``input_fingerprints``).
+    """
     stale: dict[str, dict[date, list[str]]] = {}
 
     def mark(asset: str, day: date, reason: str) -> None:
@@ -131,7 +165,7 @@ def stale_days(
         if not mine:
             continue
         first, last = min(mine), max(mine)
-        now = input_fingerprints(ctx, kind, name, first, last)
+        now = input_fingerprints(ctx, kind, name, first, last, landing)
         for day, build in mine.items():
             for field, value in now.get(day, {}).items():
                 before = build.metadata.get(field)
