@@ -6,7 +6,7 @@ real service answered. Each request is load-tested with ``wrk`` (``wrk_report.lu
 p50/p99 and requests/s as JSON) with 1 connection, and the single fetch also with 8:
 
 - single fetch: ``recent_engagement`` of a user with 100 events, 5 fields, as records, as
-  columnar and as Arrow (``format=arrow``; reported "not available" when the service refuses it);
+  columnar and as Arrow (``format=arrow``);
 - an unknown user; a POST of the batch endpoint with 100 users.
 
 Targets: at 1 connection p50 <= floor p50 + 0.5 ms and p99 <= 3 ms; at 8 connections at
@@ -245,11 +245,6 @@ def fetch_bodies(base: str, requests: list[Request]) -> dict[str, httpx.Response
         }
 
 
-def serve_supports_workers() -> bool:
-    done = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, cwd=REPO)
-    return "--workers" in done.stdout
-
-
 def measure_all(
     base: str, requests: list[Request], args: argparse.Namespace, work: Path, label: str
 ) -> dict[str, list[dict[str, Any]]]:
@@ -312,15 +307,14 @@ def run(args: argparse.Namespace, home: Path, work: Path) -> None:
         user, length = pick_user(server.base, active["user_id"].head(1000).to_list(), as_of)
         requests = requests_for(user, batch, as_of)
         answers = fetch_bodies(server.base, requests)
-        unavailable = {
+        refused = {
             name: f"HTTP {answer.status_code}: {answer.text[:300]}"
             for name, answer in answers.items()
             if answer.status_code != 200
         }
-        if set(unavailable) - {"arrow"}:
-            raise RuntimeError(f"the service refused a benchmark request: {unavailable}")
-        requests = [r for r in requests if r.name not in unavailable]
-        print(f"user {user}: {length} events; not available: {unavailable or 'none'}")
+        if refused:
+            raise RuntimeError(f"the service refused a benchmark request: {refused}")
+        print(f"user {user}: {length} events")
         platform = measure_all(server.base, requests, args, work, "platform")
 
     bodies = {
@@ -345,17 +339,15 @@ def run(args: argparse.Namespace, home: Path, work: Path) -> None:
             assert answer.content == answers[request.name].content, request.name
         floor = measure_all(server.base, requests, args, work, "floor")
 
-    workers: dict[str, Any] | None = None
-    if serve_supports_workers():
-        port = free_port()
-        command = [*CLI, "serve", f"--port={port}", f"--workers={args.workers}"]
-        with running(command, env, port, work / "serve-workers.log") as server:
-            answer = fetch_bodies(server.base, [requests[0]])[requests[0].name]
-            if answer.content != answers[requests[0].name].content:
-                raise RuntimeError(f"with --workers={args.workers} the response differs")
-            load_test(server.base, requests[0], 8, min(2, args.seconds), work)
-            workers = load_test(server.base, requests[0], 8, args.seconds, work)
-            workers["workers"] = args.workers
+    port = free_port()
+    command = [*CLI, "serve", f"--port={port}", f"--workers={args.workers}"]
+    with running(command, env, port, work / "serve-workers.log") as server:
+        answer = fetch_bodies(server.base, [requests[0]])[requests[0].name]
+        if answer.content != answers[requests[0].name].content:
+            raise RuntimeError(f"with --workers={args.workers} the response differs")
+        load_test(server.base, requests[0], 8, min(2, args.seconds), work)
+        workers = load_test(server.base, requests[0], 8, args.seconds, work)
+        workers["workers"] = args.workers
 
     results = {
         "as_of": as_of,
@@ -364,13 +356,11 @@ def run(args: argparse.Namespace, home: Path, work: Path) -> None:
         "fields": FIELDS,
         "batch_users": len(batch),
         "response_bytes": {name: len(answer.content) for name, answer in answers.items()},
-        "not_available": unavailable,
         "platform": platform,
         "floor": floor,
         "platform_workers": workers,
-        "workers_note": None if workers else "serve has no --workers option; not measured",
     }
-    comparisons = compare(platform, floor, workers, unavailable, length)
+    comparisons = compare(platform, floor, workers, length)
     parameters = {
         "home": str(home),
         "seconds": args.seconds,
@@ -386,8 +376,7 @@ def run(args: argparse.Namespace, home: Path, work: Path) -> None:
 def compare(
     platform: dict[str, list[dict[str, Any]]],
     floor: dict[str, list[dict[str, Any]]],
-    workers: dict[str, Any] | None,
-    unavailable: dict[str, str],
+    workers: dict[str, Any],
     length: int,
 ) -> list[Comparison]:
     def figure(side: dict[str, list[dict[str, Any]]], name: str, key: str, conns: int = 1) -> float:
@@ -424,18 +413,6 @@ def compare(
         ),
     ]
     for name in ("columnar", "arrow"):
-        if name in unavailable:
-            rows.append(
-                Comparison.of(
-                    f"{name} vs records, 1 conn: p50",
-                    None,
-                    p50,
-                    "ms",
-                    f"ratio <= 1.2; not available ({unavailable[name].split(':')[0]})",
-                    None,
-                )
-            )
-            continue
         value = figure(platform, name, "p50_ms")
         rows.append(
             Comparison.of(
@@ -482,13 +459,11 @@ def compare(
             unknown_p50 <= floor_unknown + 0.2,
         ),
         Comparison.of(
-            f"{single}, 8 conns, {workers['workers']} workers: throughput (reference: floor, 1)"
-            if workers
-            else f"{single}, 8 conns, several workers: throughput",
-            workers["requests_per_s"] if workers else None,
+            f"{single}, 8 conns, {workers['workers']} workers: throughput (reference: floor, 1)",
+            workers["requests_per_s"],
             floor_rps8,
             "req/s",
-            "" if workers else "serve has no --workers option: not measured",
+            "",
             None,
         ),
     ]
