@@ -42,6 +42,7 @@ from sequence_platform.storage.delta import (
     delete_keys,
     open_table,
     overwrite_days,
+    per_day,
     records_per_day,
     scan_days,
 )
@@ -93,13 +94,6 @@ class StepOutcome:
     """Further facts of the step, each per day, in words."""
     dead_letters_rewritten: bool = False
     """Whether the step replaced its days' dead letters (there were or are some)."""
-
-
-def per_day(frame: pl.DataFrame, column: str = DT) -> dict[date, int]:
-    """Rows of ``frame`` per value of its date column."""
-    if frame.is_empty():
-        return {}
-    return {day: int(rows) for day, rows in frame.group_by(column).len().iter_rows()}
 
 
 CHUNK_ROWS = 300_000

@@ -25,7 +25,13 @@ from sequence_platform.engine.signal import build_signal, deduplicate_events
 from sequence_platform.ingest.stream import EventStream, StreamMessage, StreamUnavailable
 from sequence_platform.runtime.tombstones import Tombstones
 from sequence_platform.spec.catalog import Catalog
-from sequence_platform.storage.delta import DT, append_once, committed_version, scan_days
+from sequence_platform.storage.delta import (
+    DT,
+    append_once,
+    committed_version,
+    per_day,
+    scan_days,
+)
 from sequence_platform.storage.layout import TableLayout
 
 STREAM_PARTITION = "stream_partition"
@@ -162,7 +168,8 @@ class RealtimeWriter:
         appended_days: dict[str, dict[date, int]] = {}
         identity = app_id(spec.topic_name, partition)
         for uri, frame in tables.items():
-            fresh = frame.filter(pl.col(STREAM_OFFSET) >= done[uri])
+            # Forgotten users' messages are consumed, not kept (checked again at the commit).
+            fresh = self.tombstones.keep(frame.filter(pl.col(STREAM_OFFSET) >= done[uri]))
             try:
                 written = append_once(
                     uri,
@@ -170,7 +177,7 @@ class RealtimeWriter:
                     identity,
                     end,
                     self.layout.storage_options,
-                    keep=self.tombstones.keep,  # forgotten users' messages are consumed, unkept
+                    keep=self.tombstones.keep,
                 )
             except CommitFailedError:
                 raise  # another writer won the race: the caller re-reads and retries
@@ -178,9 +185,7 @@ class RealtimeWriter:
                 raise RealtimeWriteFailed(uri, identity, done[uri], error) from error
             if written:
                 appended[uri] = fresh.height
-                appended_days[uri] = {
-                    day: int(rows) for day, rows in fresh.group_by(DT).len().iter_rows()
-                }
+                appended_days[uri] = per_day(fresh)
         watermark = archive["event_time"].max() if archive.height else None
         return MicroBatchOutcome(
             source,

@@ -203,21 +203,28 @@ def committed_version(uri: str, app_id: str, storage_options: dict[str, str] | N
     return 0 if version is None else int(version)
 
 
+def per_day(frame: pl.DataFrame, column: str = DT) -> dict[date, int]:
+    """Rows of ``frame`` per value of its date column."""
+    if frame.is_empty():
+        return {}
+    return {day: int(rows) for day, rows in frame.group_by(column).len().iter_rows()}
+
+
 def day_stats(
     table: DeltaTable, frame: pl.DataFrame, start: date, end: date
 ) -> dict[date, DayStats]:
     """Rows written, and number and size of the data files, of each day ``start..end``."""
-    rows = dict(frame.group_by(DT).len().iter_rows()) if frame.height else {}
+    rows = per_day(frame)
     actions = pl.DataFrame(table.get_add_actions(flatten=True))
     files: dict[date, tuple[int, int]] = {}
     if not actions.is_empty():
         column = f"partition.{DT}"
-        per_day = (
+        mine = (
             actions.filter(pl.col(column).is_between(start, end))
             .group_by(column)
             .agg(pl.len(), pl.col("size_bytes").sum())
         )
-        files = {day: (int(count), int(size)) for day, count, size in per_day.iter_rows()}
+        files = {day: (int(count), int(size)) for day, count, size in mine.iter_rows()}
     return {
         day: DayStats(int(rows.get(day, 0)), files.get(day, (0, 0))[1], files.get(day, (0, 0))[0])
         for day in day_range(start, end)
