@@ -199,6 +199,16 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of days, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 day, not {text}")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -208,7 +218,9 @@ def _positive(text: str) -> float:
 
 def _generation_options(parser: argparse.ArgumentParser, *, days: int) -> None:
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    parser.add_argument("--days", type=int, default=days, help=f"days of history (default {days})")
+    parser.add_argument(
+        "--days", type=_days, default=days, help=f"days of history (default {days})"
+    )
     parser.add_argument(
         "--end", type=date.fromisoformat, default=yesterday, help="last day (default yesterday)"
     )
