@@ -159,7 +159,11 @@ def _daily_asset(
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
         batch = platform.batch_context(catalog)
         # Skew checks read the real-time rows as they stood before this run pruned any.
-        started = skew.run_started_at(context.instance, context.run.run_id)
+        started = (
+            skew.run_started_at(context.instance, context.run.run_id)
+            if skew.skew_check_names(key)
+            else None
+        )
         evaluations: list[dg.AssetCheckEvaluation] = []
         rows_per_day = input_rows(batch, group, name, start, end)
         for first, last in plan_chunks(rows_per_day, start, end):
