@@ -19,9 +19,7 @@ help:
 
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@$(UV) sync --frozen --quiet
-	@mkdir -p $(DAGSTER_HOME)
-	@test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 # wrk, the HTTP load generator of the serving benchmark (and of its smoke test).
 wrk:
@@ -74,6 +72,7 @@ validate: install
 # dg dev loads the code location [tool.dg] in pyproject.toml names (workspace.yaml's, for
 # `dagster dev -w workspace.yaml`), on the instance in DAGSTER_HOME.
 ui: install
+	$(RUN) python -m sequence_platform.orchestration.instance $(DAGSTER_HOME)
 	$(RUN) dg dev
 
 serve: install

@@ -355,26 +355,11 @@ INTERRUPTED = "DagsterExecutionInterruptedError"
 
 
 def _prepare_dagster_home() -> None:
-    """A project-local Dagster instance, so that ``make ui`` shows the runs made here.
+    """A project-local Dagster instance, so that ``make ui`` shows the runs made here."""
+    from sequence_platform.orchestration.instance import prepare_dagster_home
 
-    The instance's storage is created once, under a file lock: two first ``materialize``
-    runs started together would otherwise both create its SQLite tables, and one would fail.
-    """
-    import fcntl
-
-    import dagster as dg
-
-    dagster_home = Path(
-        os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute()))
-    )
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    with (dagster_home / ".prepare.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        config = dagster_home / "dagster.yaml"
-        if not config.exists():
-            config.write_text("telemetry:\n  enabled: false\n")
-        with dg.DagsterInstance.get():
-            pass  # creates (or migrates) the instance's storage while holding the lock
+    home = os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute()))
+    prepare_dagster_home(Path(home))
 
 
 def _produce(args: argparse.Namespace) -> int:

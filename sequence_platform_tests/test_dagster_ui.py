@@ -33,6 +33,7 @@ import httpx
 import polars as pl
 from playwright.sync_api import Page, sync_playwright
 
+from sequence_platform.orchestration.instance import prepare_dagster_home
 from sequence_platform_tests.ci import unavailable
 from sequence_platform_tests.test_cli import REPO, run_cli
 
@@ -237,8 +238,7 @@ def test_materialize_and_backfill_from_the_ui_then_read_over_http(tmp_path: Path
     days = [yesterday - timedelta(days=DAYS - 1 - n) for n in range(DAYS)]
     one_day = days[1]
     home, dagster_home = tmp_path / "home", tmp_path / "dagster"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_dagster_home(dagster_home)  # as `make ui` does
     env = {
         "SEQUENCE_PLATFORM_HOME": str(home),
         "DAGSTER_HOME": str(dagster_home),

@@ -13,6 +13,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_dg_core.context import DgContext
 
 from sequence_platform.orchestration import build_definitions
+from sequence_platform.orchestration.instance import prepare_dagster_home
 from sequence_platform.settings import PlatformSettings
 from sequence_platform_tests.test_cli import REPO
 
@@ -33,8 +34,7 @@ def test_dg_loads_the_definitions_package(tmp_path: Path) -> None:
     """``dg list defs`` loads the code location as ``dg dev``'s code server does: every asset,
     check, job, schedule and sensor of ``definitions.defs``, and no lifecycle warning."""
     dagster_home = tmp_path / "dagster"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_dagster_home(dagster_home)  # as `make ui` does
     env = {
         "SEQUENCE_PLATFORM_HOME": str(tmp_path / "home"),
         "SEQUENCE_PLATFORM_DEFINITIONS": str(REPO / "definitions"),

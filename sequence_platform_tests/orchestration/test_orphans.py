@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from sequence_platform.orchestration.instance import prepare_dagster_home
 from sequence_platform.orchestration.orphans import claim_run, fail_orphaned_runs
 
 
@@ -35,7 +36,7 @@ def two_step_job() -> dg.JobDefinition:
 
 
 def test_a_multiprocess_run_keeps_its_process_between_steps(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_dagster_home(tmp_path)  # the platform's instance: its storage, across processes
     with (
         dg.DagsterInstance.from_config(str(tmp_path)) as instance,
         dg.execute_job(dg.reconstructable(two_step_job), instance=instance) as result,

@@ -1,0 +1,203 @@
+"""The platform's Dagster instance: Dagster's SQLite storage, with connections kept open.
+
+A range run of every asset records one materialization per asset and day and one result per
+check and day (so the UI shows each day's own figures); at 30 days that is about 900 events.
+Dagster's SQLite event log opens a new engine and connection for each write and closes it
+after, and closing the last connection to a SQLite file in WAL mode checkpoints it: 10-13 ms
+an event on this kind of machine, most of a 1M-event batch run. This storage is the same
+files and the same schema (the UI, the daemon and ``dagster`` commands read them as usual)
+with one engine per database file kept for the life of the process, so statements are
+compiled once and a write is an insert and a commit.
+
+What changes with connections held open: a run's events reach its ``<run>.db-wal`` file
+first (SQLite copies them into ``<run>.db`` at checkpoints), so the run log's file watch
+follows both files.
+"""
+
+import fcntl
+import os
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+    SqliteEventLogStorageWatchdog,
+)
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.engine import Connection, Engine
+from watchdog.events import FileSystemEvent
+
+OPEN_RUN_SHARDS = 4
+"""Run databases kept open besides the index: a run writes to one, the UI reads a few."""
+
+EARLIER_CONFIG = "telemetry:\n  enabled: false\n"
+"""What the platform wrote into a new DAGSTER_HOME before it had a storage of its own."""
+INSTANCE_CONFIG = """\
+# The platform's Dagster instance (written by `sequence-platform`; edit freely).
+telemetry:
+  enabled: false
+# Dagster's SQLite event log with its connections kept open: same files, same schema,
+# several times faster to record a run's per-day materializations and check results.
+event_log_storage:
+  module: sequence_platform.orchestration.instance
+  class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {events}
+"""
+
+
+def instance_config(dagster_home: Path) -> str:
+    """The ``dagster.yaml`` the platform writes into a new ``DAGSTER_HOME``."""
+    return INSTANCE_CONFIG.format(events=dagster_home.absolute() / "history" / "runs")
+
+
+def prepare_dagster_home(dagster_home: Path) -> None:
+    """Give ``dagster_home`` the platform's ``dagster.yaml`` (unless it has one of its own)
+    and create the instance's databases.
+
+    Done under a file lock: two first runs started together would otherwise both create the
+    SQLite tables, and one would fail. An instance whose databases exist is left alone.
+    """
+    import dagster as dg
+
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    created = [
+        dagster_home / "history" / "runs.db",
+        dagster_home / "history" / "runs" / f"{INDEX_SHARD_NAME}.db",
+        dagster_home / "schedules" / "schedules.db",
+    ]
+    config = dagster_home / "dagster.yaml"
+    with (dagster_home / ".prepare.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not config.exists() or config.read_text() == EARLIER_CONFIG:
+            config.write_text(instance_config(dagster_home))
+        if not all(path.exists() for path in created):
+            with dg.DagsterInstance.from_config(str(dagster_home)):
+                pass  # creates (or migrates) the databases while holding the lock
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's ``SqliteEventLogStorage`` keeping one engine per database file open."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines_pid = os.getpid()
+        self._engines_lock = threading.Lock()
+        self._tables: set[str] = set()
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> "PooledSqliteEventLogStorage":
+        return cls(inst_data=inst_data, **config_value)
+
+    def _engine(self, shard: str) -> Engine:
+        with self._engines_lock:
+            if self._engines_pid != os.getpid():
+                # A forked child must not use its parent's connections: forget, never close.
+                for inherited in self._engines.values():
+                    inherited.dispose(close=False)
+                self._engines.clear()
+                self._engines_pid = os.getpid()
+            engine = self._engines.get(shard)
+            if engine is None:
+                engine = sa.create_engine(
+                    self.conn_string_for_shard(shard),
+                    poolclass=sa.pool.QueuePool,
+                    pool_size=1,
+                    max_overflow=4,
+                    connect_args={
+                        "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+                        "check_same_thread": False,
+                    },
+                )
+                sa.event.listen(engine, "connect", _tune_connection)
+                self._engines[shard] = engine
+                self._evict()
+            self._engines.move_to_end(shard)
+            return engine
+
+    def _evict(self) -> None:
+        runs = [shard for shard in self._engines if shard != INDEX_SHARD_NAME]
+        for shard in runs[: max(0, len(runs) - OPEN_RUN_SHARDS)]:
+            self._engines.pop(shard).dispose()
+
+    def _dispose_engines(self) -> None:
+        with self._engines_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+    def has_table(self, table_name: str) -> bool:
+        # Asked before most writes, and sometimes inside one (so without the storage's lock);
+        # tables are never dropped, so a table found stays found.
+        if table_name not in self._tables:
+            with self._engine(INDEX_SHARD_NAME).connect() as conn:
+                if conn.dialect.has_table(conn, table_name):
+                    self._tables.add(table_name)
+        return table_name in self._tables
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
+        if not self._obs:
+            from watchdog.observers import Observer
+
+            observer = Observer()
+            observer.start()
+            self._obs = observer  # type: ignore[assignment]  # Dagster declares it None
+        watchdog = _WalAwareWatchdog(self, run_id, callback, cursor)
+        self._watchers[run_id][callback] = (
+            watchdog,
+            self._obs.schedule(watchdog, self._base_dir, recursive=True),  # type: ignore[attr-defined]
+        )
+
+    def wipe(self) -> None:
+        self._dispose_engines()
+        self._tables.clear()
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()
+
+
+def _tune_connection(connection: Any, _record: Any) -> None:
+    # WAL is the file's mode already (Dagster sets it when it creates a database); NORMAL
+    # syncs at checkpoints instead of at every commit, which WAL keeps consistent.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class _WalAwareWatchdog(SqliteEventLogStorageWatchdog):
+    """Dagster's run-log watch, also woken by writes to the run's WAL file."""
+
+    def __init__(self, storage: SqliteEventLogStorage, run_id: str, callback: Any, cursor: Any):
+        super().__init__(storage, run_id, callback, cursor)
+        self._patterns = [self._log_path, f"{self._log_path}-wal"]
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        self._process_log()
+
+
+if __name__ == "__main__":
+    # make ui: the instance `dg dev` opens is the one the platform's commands write to.
+    prepare_dagster_home(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ["DAGSTER_HOME"]))

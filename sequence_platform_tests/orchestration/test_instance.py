@@ -1,0 +1,135 @@
+"""The platform's Dagster instance: Dagster's SQLite files, written through connections kept
+open. Whatever it records, Dagster's own storage reads back the same; a run log being watched
+(the UI's live view) sees events that are still in the WAL file. (Annotations stay real
+objects here: Dagster inspects them.)"""
+
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+from sequence_platform.orchestration.instance import (
+    EARLIER_CONFIG,
+    PooledSqliteEventLogStorage,
+    prepare_dagster_home,
+)
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2026-03-01", end_date="2026-03-05")
+
+
+def recording_job() -> dg.JobDefinition:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # partitioned checks: preview
+        spec = dg.AssetCheckSpec("has_rows", asset="days", partitions_def=DAYS)
+
+        @dg.asset(
+            partitions_def=DAYS,
+            check_specs=[spec],
+            backfill_policy=dg.BackfillPolicy.single_run(),
+        )
+        def days(context: dg.AssetExecutionContext):  # type: ignore[no-untyped-def]
+            for number, key in enumerate(context.partition_keys):
+                context.add_asset_metadata({"rows": number}, partition_key=key)
+            yield dg.MaterializeResult()
+            for number, key in enumerate(context.partition_keys):
+                context.log_event(
+                    dg.AssetCheckEvaluation(
+                        asset_key=spec.asset_key,
+                        check_name=spec.name,
+                        passed=number > 0,
+                        partition=key,
+                    )
+                )
+            yield dg.Output(None, output_name="days_has_rows")
+
+    return dg.Definitions(assets=[days]).resolve_implicit_global_asset_job_def()
+
+
+def run_range(instance: dg.DagsterInstance) -> str:
+    result = recording_job().execute_in_process(
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": "2026-03-01",
+            "dagster/asset_partition_range_end": "2026-03-04",
+        },
+    )
+    assert result.success
+    return result.run_id
+
+
+def recorded(storage: SqliteEventLogStorage, run_id: str) -> tuple[list, dict]:
+    """Rows per day from the materializations, and check outcomes per day."""
+    records = storage.fetch_materializations(dg.AssetKey("days"), limit=100).records
+    rows = sorted(
+        (record.partition_key, record.asset_materialization.metadata["rows"].value)
+        for record in records
+        if record.run_id == run_id and record.asset_materialization is not None
+    )
+    check = dg.AssetCheckKey(dg.AssetKey("days"), "has_rows")
+    executions = storage.get_asset_check_execution_history(check, limit=100)
+    outcomes = {
+        execution.partition: execution.status.value
+        for execution in executions
+        if execution.run_id == run_id
+    }
+    return rows, outcomes
+
+
+def test_what_the_platform_records_dagsters_own_storage_reads(tmp_path: Path) -> None:
+    prepare_dagster_home(tmp_path)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        run_id = run_range(instance)
+        ours = recorded(instance.event_log_storage, run_id)  # type: ignore[arg-type]
+    assert ours[0] == [("2026-03-01", 0), ("2026-03-02", 1), ("2026-03-03", 2), ("2026-03-04", 3)]
+    assert ours[1] == {
+        "2026-03-01": "FAILED",
+        "2026-03-02": "SUCCEEDED",
+        "2026-03-03": "SUCCEEDED",
+        "2026-03-04": "SUCCEEDED",
+    }
+    # Dagster's own class on the same files, as a process without the platform would open them.
+    theirs = SqliteEventLogStorage(str(tmp_path / "history" / "runs"))
+    assert recorded(theirs, run_id) == ours
+    assert len(theirs.get_logs_for_run(run_id)) > 0
+
+
+def test_a_watched_run_log_sees_events_still_in_the_wal(tmp_path: Path) -> None:
+    """The UI follows a run through a file watch; with connections held open the events are
+    in ``<run>.db-wal`` until a checkpoint, so the watch follows that file too."""
+    prepare_dagster_home(tmp_path)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as writer:
+        first = run_range(writer)  # creates the run's database, so a watch has a file
+        reader = PooledSqliteEventLogStorage(str(tmp_path / "history" / "runs"))
+        arrived = threading.Event()
+
+        def on_event(entry, cursor):  # type: ignore[no-untyped-def]
+            if entry.dagster_event and entry.dagster_event.message == "written while watched":
+                arrived.set()
+
+        reader.watch(first, None, on_event)
+        try:
+            time.sleep(0.5)  # the watch is registered before the write
+            writer.report_engine_event("written while watched", writer.get_run_by_id(first))
+            assert arrived.wait(timeout=10), "the watch never saw the new event"
+        finally:
+            reader.end_watch(first, on_event)
+            reader.dispose()
+
+
+def test_a_home_gets_the_platform_config_unless_it_has_its_own(tmp_path: Path) -> None:
+    fresh, earlier, own = tmp_path / "fresh", tmp_path / "earlier", tmp_path / "own"
+    earlier.mkdir()
+    (earlier / "dagster.yaml").write_text(EARLIER_CONFIG)
+    own.mkdir()
+    (own / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")
+    for home in (fresh, earlier, own):
+        prepare_dagster_home(home)
+        assert (home / "history" / "runs" / "index.db").exists()
+    for home in (fresh, earlier):
+        assert "PooledSqliteEventLogStorage" in (home / "dagster.yaml").read_text()
+        assert str(home.absolute() / "history" / "runs") in (home / "dagster.yaml").read_text()
+    assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
