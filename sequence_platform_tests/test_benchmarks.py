@@ -117,5 +117,8 @@ def test_the_freshness_benchmark_writes_its_result(
 def test_the_dagster_recording_benchmark_counts_its_events() -> None:
     done = run_benchmark("bench_dagster_events.py", "--days=3", "--checks=2")
     lines = done.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["the platform's instance", "Dagster's default"]
+    assert [line.split(":")[0] for line in lines] == [
+        "the platform's instance",
+        "Dagster's default",
+    ]
     assert all("3 days x (1 materialization + 2 check results): 9 events" in line for line in lines)

@@ -91,28 +91,24 @@ def ordering_check(
     written: pl.DataFrame, max_length: int, fields: Sequence[str]
 ) -> dg.AssetCheckResult:
     if written.is_empty():
-        return dg.AssetCheckResult(check_name=ORDERED, passed=True, metadata={"bad_users": 0})
-    exploded = (
-        written.select(DT, "user_id", "event_time", "event_id")
-        .explode("event_time", "event_id")
-        .with_columns(pl.int_range(pl.len()).over(DT, "user_id").alias("position"))
-    )
+        return dg.AssetCheckResult(
+            check_name=ORDERED,
+            passed=True,
+            metadata={"out_of_order_users": 0, "bad_length_users": 0},
+        )
+    # Each list element against the one before it in the same row: (time, id) must fall.
+    time, event_id, row = pl.col("event_time"), pl.col("event_id"), pl.col("row")
     newer_later = (
-        exploded.sort(DT, "user_id", "position")
-        .with_columns(
-            prev_time=pl.col("event_time").shift(1).over(DT, "user_id"),
-            prev_id=pl.col("event_id").shift(1).over(DT, "user_id"),
-        )
+        written.lazy()
+        .select(pl.int_range(pl.len()).alias("row"), "event_time", "event_id")
+        .explode("event_time", "event_id")
         .filter(
-            (pl.col("event_time") > pl.col("prev_time"))
-            | (
-                (pl.col("event_time") == pl.col("prev_time"))
-                & (pl.col("event_id") > pl.col("prev_id"))
-            )
+            (row == row.shift(1))
+            & ((time > time.shift(1)) | ((time == time.shift(1)) & (event_id > event_id.shift(1))))
         )
-        .select(DT, "user_id")
-        .unique()
-        .height
+        .select(row.n_unique())
+        .collect()
+        .item()
     )
     lengths = [pl.col(f).list.len() for f in fields]
     misaligned = written.filter(

@@ -1,0 +1,56 @@
+"""The sequence ordering check against a plain-Python reading of its rule: every list is
+newest first by (event_time, event_id), as long as its ``length``, within ``max_length``."""
+
+from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sequence_platform.orchestration.checks import ordering_check
+
+EPOCH = datetime(2026, 3, 1, tzinfo=UTC)
+MAX_LENGTH = 4
+
+# Few distinct times and ids, so that ties (equal times, and then ids) are common.
+element = st.tuples(st.integers(0, 3), st.sampled_from(["a", "b", "c", "d"]))
+row = st.tuples(st.lists(element, min_size=0, max_size=6), st.integers(-1, 1))
+
+
+def frame(rows: list[tuple[list[tuple[int, str]], int]]) -> pl.DataFrame:
+    """Rows of (elements, how far ``length`` is off from the lists' length)."""
+    return pl.DataFrame(
+        {
+            "dt": [date(2026, 3, 1)] * len(rows),
+            "user_id": list(range(len(rows))),
+            "length": [len(elements) + off for elements, off in rows],
+            "event_time": [
+                [EPOCH + timedelta(minutes=m) for m, _ in elements] for elements, _ in rows
+            ],
+            "event_id": [[event_id for _, event_id in elements] for elements, _ in rows],
+        },
+        schema_overrides={
+            "event_time": pl.List(pl.Datetime("ms", "UTC")),
+            "length": pl.Int32(),
+        },
+    )
+
+
+def out_of_order(elements: list[tuple[int, str]]) -> bool:
+    return any(newer > older for older, newer in pairwise(elements))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(row, max_size=8))
+def test_the_ordering_check_counts_what_the_rule_counts(
+    rows: list[tuple[list[tuple[int, str]], int]],
+) -> None:
+    result = ordering_check(frame(rows), MAX_LENGTH, ["event_time", "event_id"])
+    unordered = sum(out_of_order(elements) for elements, _ in rows)
+    bad_length = sum(
+        off != 0 or not 1 <= len(elements) + off <= MAX_LENGTH for elements, off in rows
+    )
+    assert result.metadata["out_of_order_users"].value == unordered  # type: ignore[union-attr]
+    assert result.metadata["bad_length_users"].value == bad_length  # type: ignore[union-attr]
+    assert result.passed == (unordered + bad_length == 0)
