@@ -56,10 +56,11 @@ def decode_json_records(
     text: list[str | None] = []
     reasons: list[str | None] = []
     columns: dict[str, list[str | None]] = {name: [] for name in schema}
+    accepts = _json_acceptance(schema)
     for record in records:
         raw, document, reason = _parse_record(record)
         if reason is None and document is not None:
-            reason = _json_type_problem(document, schema)
+            reason = _json_type_problem(document, accepts)
         text.append(raw)
         reasons.append(reason)
         # A refused record keeps only its raw text: its values are never parsed.
@@ -93,6 +94,7 @@ def validate_events(
     """
     if REASON not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
+    record = pl.col(RECORD)
     if RECORD not in frame.columns:
         present = [name for name in frame.columns if name not in (ORIGIN, REASON)]
         # Binary values have no JSON form: they are kept as hex.
@@ -100,8 +102,11 @@ def validate_events(
             n: pl.col(n).bin.encode("hex") if frame.schema[n] == pl.Binary else pl.col(n)
             for n in present
         }
-        record = pl.struct(*readable.values()).struct.json_encode() if present else pl.lit("{}")
-        frame = _refuse_oversized(frame.with_columns(record.alias(RECORD)), readable)
+        # A typed row's text is written only if it is refused (few are); an oversized row's
+        # text is a note of its size.
+        as_json = pl.struct(*readable.values()).struct.json_encode() if present else pl.lit("{}")
+        frame = _refuse_oversized(frame, readable, as_json)
+        record = pl.coalesce(RECORD, as_json)
     for name in schema:
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
@@ -157,19 +162,27 @@ def validate_events(
         *(pl.col(f"__{name}").alias(name) for name in schema), pl.col(ORIGIN)
     )
     rejected = checked.filter(pl.col(REASON).is_not_null()).select(
-        pl.col(RECORD), pl.col(REASON), pl.col(ORIGIN)
+        record.alias(RECORD), pl.col(REASON), pl.col(ORIGIN)
     )
     return DecodedEvents(valid, rejected)
 
 
-def _refuse_oversized(frame: pl.DataFrame, fields: dict[str, pl.Expr]) -> pl.DataFrame:
-    """Typed rows held to the JSON records' limit, measured on the row as JSON (its ``record``).
+def _refuse_oversized(
+    frame: pl.DataFrame, fields: dict[str, pl.Expr], as_json: pl.Expr
+) -> pl.DataFrame:
+    """Typed rows held to the JSON records' limit, measured on the row as JSON (``as_json``).
 
-    A refused row gets a reason naming its largest field, and keeps no text. Such rows are rare,
-    so their reasons are worded one by one.
+    Adds ``record`` (null but for refused rows) and, for a refused row, a reason naming its
+    largest field. Only rows that could exceed the limit (``_json_size_bound``) are encoded,
+    and such rows are rare, so their reasons are worded one by one.
     """
+    frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(RECORD))
+    candidates = frame.with_row_index("__row")
+    bound = _json_size_bound(frame.schema, fields)
+    if bound is not None:
+        candidates = candidates.filter(bound > MAX_RECORD_BYTES)
     size = pl.col(RECORD).str.len_bytes()
-    oversized = frame.with_row_index("__row").filter(size > MAX_RECORD_BYTES)
+    oversized = candidates.with_columns(as_json.alias(RECORD)).filter(size > MAX_RECORD_BYTES)
     if oversized.is_empty():
         return frame
     # A field's size is that of its JSON value: ``{"name":value}`` less the braces and name.
@@ -192,8 +205,37 @@ def _refuse_oversized(frame: pl.DataFrame, fields: dict[str, pl.Expr]) -> pl.Dat
     row = pl.int_range(pl.len(), dtype=pl.UInt32)
     return frame.with_columns(
         pl.coalesce(REASON, row.replace_strict(rows, reasons, default=None)).alias(REASON),
-        pl.coalesce(row.replace_strict(rows, records, default=None), RECORD).alias(RECORD),
+        row.replace_strict(rows, records, default=None, return_dtype=pl.String).alias(RECORD),
     )
+
+
+_SCALAR_JSON_BYTES = 64
+"""At least the length of any number, boolean, date or time as JSON."""
+
+
+def _json_size_bound(schema: pl.Schema, fields: dict[str, pl.Expr]) -> pl.Expr | None:
+    """At least the length of each row as JSON, cheaply (no text is built); None when a
+    column's type has no such bound here (then every row is measured)."""
+    parts: list[pl.Expr] = []
+    for name, value in fields.items():
+        dtype = schema[name]
+        key = len(json.dumps(name)) + 2
+        if dtype == pl.Binary:
+            value_bound = value.str.len_bytes() + 2  # hex: no escapes
+        elif dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
+            # An escaped byte takes at most 6 (\u001f); quotes 2.
+            value_bound = value.cast(pl.String).str.len_bytes() * 6 + 2
+        elif dtype.is_numeric() or dtype.is_temporal() or dtype in (pl.Boolean, pl.Null):
+            value_bound = pl.lit(_SCALAR_JSON_BYTES)
+        elif isinstance(dtype, pl.List) and (dtype.inner.is_numeric() or dtype.inner == pl.Boolean):
+            value_bound = value.list.len() * (_SCALAR_JSON_BYTES + 1) + 2
+        elif isinstance(dtype, pl.List) and dtype.inner == pl.String:
+            text = pl.element().str.len_bytes() * 6 + 3
+            value_bound = value.list.eval(text.fill_null(5)).list.sum() + value.list.len() + 2
+        else:
+            return None
+        parts.append(key + value_bound.fill_null(_SCALAR_JSON_BYTES).cast(pl.Int64))
+    return pl.sum_horizontal(parts) + 2 if parts else None
 
 
 def _parse(column: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
@@ -290,10 +332,28 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _json_type_problem(document: dict[str, object], schema: pl.Schema) -> str | None:
-    for name, dtype in schema.items():
+Accepts = dict[str, tuple[pl.DataType, tuple[type, ...] | None]]
+"""Per field: its type, and the Python types its JSON values may have (None for a list)."""
+
+
+def _json_acceptance(schema: pl.Schema) -> Accepts:
+    return {
+        name: (dtype, None if isinstance(dtype, pl.List) else _json_types(dtype))
+        for name, dtype in schema.items()
+    }
+
+
+def _json_types(dtype: pl.DataType) -> tuple[type, ...]:
+    return _JSON_TYPES.get(type_name_of(dtype), (object,))
+
+
+def _json_type_problem(document: dict[str, object], accepts: Accepts) -> str | None:
+    for name, (dtype, expected) in accepts.items():
         value = document.get(name)
-        if value is not None and not _fits(value, dtype):
+        if value is None:
+            continue
+        fits = _fits(value, dtype) if expected is None else _is_a(value, expected)
+        if not fits:
             got = f"JSON {type(value).__name__} {value!r:.40}"
             return f"field '{name}': expected {type_name_of(dtype)}, got {got}"
         surrogate = _lone_surrogate(value)
@@ -324,7 +384,11 @@ def _fits(value: object, dtype: pl.DataType) -> bool:
     if isinstance(dtype, pl.List):
         inner = dtype.inner if isinstance(dtype.inner, pl.DataType) else dtype.inner()
         return isinstance(value, list) and all(_fits(element, inner) for element in value)
-    expected = _JSON_TYPES.get(type_name_of(dtype), (object,))
+    return _is_a(value, _json_types(dtype))
+
+
+def _is_a(value: object, expected: tuple[type, ...]) -> bool:
+    """Whether a JSON value is one of ``expected`` (a JSON true is no number)."""
     if isinstance(value, bool) and bool not in expected:
         return False
     return isinstance(value, expected)

@@ -38,6 +38,7 @@ from sequence_platform.runtime.batch import (
     build_sequence,
     build_signal,
     build_training,
+    chunk_budget,
     input_rows,
     plan_chunks,
     prune_realtime,
@@ -166,7 +167,7 @@ def _daily_asset(
         )
         evaluations: list[dg.AssetCheckEvaluation] = []
         rows_per_day = input_rows(batch, group, name, start, end)
-        for first, last in plan_chunks(rows_per_day, start, end):
+        for first, last in plan_chunks(rows_per_day, start, end, chunk_budget(group)):
             began = time.perf_counter()
             inputs = input_fingerprints(batch, group, name, first, last)
             try:

@@ -99,8 +99,17 @@ class StepOutcome:
 CHUNK_ROWS = 300_000
 """Most rows a step holds in memory at once: a range is computed and written in chunks of
 whole days up to this many input rows (a day larger than this is a chunk of its own)."""
+SIGNAL_CHUNK_ROWS = 1_000_000
+"""The same for signal steps: they read narrow event rows and keep a fraction of them, and
+each chunk pays for reading the feature versions up to its last day and for a commit (at 5M
+events, 30 one-day chunks took 3.75 s, 6 chunks 2.3 s, at the same peak memory)."""
 LANDING_BYTES_PER_ROW = 30
 """A conservative guess at a landing row's size on disk, to plan chunks before reading."""
+
+
+def chunk_budget(kind: str) -> int:
+    """The most input rows of a chunk, for steps of ``kind`` (events, signals, ...)."""
+    return SIGNAL_CHUNK_ROWS if kind == "signals" else CHUNK_ROWS
 
 
 def plan_chunks(
