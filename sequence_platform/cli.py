@@ -14,11 +14,14 @@ import time
 import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.errors import DefinitionError
 from sequence_platform.spec.loader import load_catalog
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 
@@ -270,7 +273,6 @@ def _materialize(args: argparse.Namespace) -> int:
     )
 
     settings = PlatformSettings()
-    _prepare_dagster_home()
     # Dagster warns about its own beta parameters when it builds the job; not the user's concern.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
@@ -314,7 +316,7 @@ def _materialize(args: argparse.Namespace) -> int:
     shown.setLevel(logging.INFO)
     logging.getLogger(PROGRESS_LOGGER).addHandler(shown)
     logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
-    with dg.DagsterInstance.get() as instance:
+    with _dagster_instance() as instance:
         for orphan in fail_orphaned_runs(instance):
             print(
                 f"  marked run {orphan.run_id[:8]} ({orphan.tags.get(RANGE_START_TAG)} to "
@@ -354,12 +356,12 @@ INTERRUPTED = "DagsterExecutionInterruptedError"
 """How a run stopped by Ctrl-C (SIGINT) names its failure."""
 
 
-def _prepare_dagster_home() -> None:
-    """A project-local Dagster instance, so that ``make ui`` shows the runs made here."""
-    from sequence_platform.orchestration.instance import prepare_dagster_home
+def _dagster_instance() -> dg.DagsterInstance:
+    """The project-local Dagster instance, so that ``make ui`` shows the runs made here."""
+    from sequence_platform.orchestration.instance import open_instance
 
     home = os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute()))
-    prepare_dagster_home(Path(home))
+    return open_instance(Path(home))
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -427,7 +429,6 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    import dagster as dg
 
     from sequence_platform.ingest.stream import open_stream
     from sequence_platform.orchestration.realtime import IndexerReporter
@@ -438,9 +439,8 @@ def _index(args: argparse.Namespace) -> int:
     settings = PlatformSettings()
     catalog = load_catalog(settings.definitions)
     layout = TableLayout(settings.tables_root, dict(settings.storage_options))
-    _prepare_dagster_home()
     # The indexer's appends are recorded in Dagster like the micro-batch job's.
-    instance = dg.DagsterInstance.get()
+    instance = _dagster_instance()
     recorder = IndexerReporter(instance, catalog, layout)
     stream = open_stream(settings.kafka_bootstrap, settings.home)
 

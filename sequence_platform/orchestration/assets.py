@@ -42,12 +42,13 @@ from sequence_platform.runtime.batch import (
     input_rows,
     plan_chunks,
     prune_realtime,
+    split_days,
 )
 from sequence_platform.runtime.late import input_fingerprints
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec, TrainingSetSpec
 from sequence_platform.spec.types import type_name_of
-from sequence_platform.storage.delta import DT, day_range, records_per_day
+from sequence_platform.storage.delta import day_range, records_per_day
 
 progress = logging.getLogger(PROGRESS_LOGGER)
 """One line per chunk of days written, for whoever runs the assets in process to show."""
@@ -192,7 +193,7 @@ def _daily_asset(
                 if streamed_source
                 else {}
             )
-            by_day = outcome.written.partition_by(DT, as_dict=True, include_key=True)
+            by_day = split_days(outcome.written)
             empty = outcome.written.clear()
             total = sum(rows_per_day.get(day, 0) for day in days)
             for day in days:
@@ -201,7 +202,7 @@ def _daily_asset(
                     _day_metadata(outcome, day, share, chunk, seconds, inputs.get(day, {})),
                     partition_key=day.isoformat(),
                 )
-                written = by_day.get((day,), empty)
+                written = by_day.get(day, empty)
                 found = checker(written) + skew.skew_check_results(
                     batch.layout,
                     catalog,

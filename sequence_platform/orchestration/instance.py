@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
@@ -61,27 +62,37 @@ def instance_config(dagster_home: Path) -> str:
 
 def prepare_dagster_home(dagster_home: Path) -> None:
     """Give ``dagster_home`` the platform's ``dagster.yaml`` (unless it has one of its own)
-    and create the instance's databases.
-
-    Done under a file lock: two first runs started together would otherwise both create the
-    SQLite tables, and one would fail. An instance whose databases exist is left alone.
-    """
-    import dagster as dg
-
-    dagster_home.mkdir(parents=True, exist_ok=True)
+    and create the instance's databases (an instance whose databases exist is left alone)."""
     created = [
         dagster_home / "history" / "runs.db",
         dagster_home / "history" / "runs" / f"{INDEX_SHARD_NAME}.db",
         dagster_home / "schedules" / "schedules.db",
     ]
+    with _configured(dagster_home):
+        if not all(path.exists() for path in created):
+            dg.DagsterInstance.from_config(
+                str(dagster_home)
+            ).dispose()  # creates (or migrates) them, under the lock
+
+
+def open_instance(dagster_home: Path) -> dg.DagsterInstance:
+    """The Dagster instance in ``dagster_home``, prepared as ``prepare_dagster_home`` does;
+    the caller disposes of it (``with open_instance(home) as instance``)."""
+    with _configured(dagster_home):
+        return dg.DagsterInstance.from_config(str(dagster_home))
+
+
+@contextmanager
+def _configured(dagster_home: Path) -> Iterator[None]:
+    """Holds a file lock on ``dagster_home`` with its ``dagster.yaml`` in place: two first runs
+    started together would otherwise both create the SQLite tables, and one would fail."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     with (dagster_home / ".prepare.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not config.exists() or config.read_text() == EARLIER_CONFIG:
             config.write_text(instance_config(dagster_home))
-        if not all(path.exists() for path in created):
-            with dg.DagsterInstance.from_config(str(dagster_home)):
-                pass  # creates (or migrates) the databases while holding the lock
+        yield
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):

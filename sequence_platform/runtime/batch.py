@@ -112,6 +112,20 @@ def chunk_budget(kind: str) -> int:
     return SIGNAL_CHUNK_ROWS if kind == "signals" else CHUNK_ROWS
 
 
+def split_days(frame: pl.DataFrame) -> dict[date, pl.DataFrame]:
+    """The rows of each day of ``frame``: slices of it (no copy) when it is sorted by day, as
+    the steps write it, else copies."""
+    days = frame[DT]
+    if not days.is_sorted():
+        return {key[0]: part for key, part in frame.partition_by(DT, as_dict=True).items()}
+    parts: dict[date, pl.DataFrame] = {}
+    offset = 0
+    for length, day in days.rle().struct.unnest().iter_rows():
+        parts[day] = frame.slice(offset, length)
+        offset += length
+    return parts
+
+
 def plan_chunks(
     rows_per_day: Mapping[date, int], start: date, end: date, budget: int = CHUNK_ROWS
 ) -> list[tuple[date, date]]:
