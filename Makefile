@@ -20,6 +20,7 @@ help:
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet --compile-bytecode
+	@$(RUN) python -m sequence_platform.orchestration.instance "$(DAGSTER_HOME)"
 
 # wrk, the HTTP load generator of the serving benchmark (and of its smoke test).
 wrk:
@@ -72,7 +73,6 @@ validate: install
 # dg dev loads the code location [tool.dg] in pyproject.toml names (workspace.yaml's, for
 # `dagster dev -w workspace.yaml`), on the instance in DAGSTER_HOME.
 ui: install
-	$(RUN) python -m sequence_platform.orchestration.instance $(DAGSTER_HOME)
 	$(RUN) dg dev
 
 serve: install

@@ -141,14 +141,14 @@ def _daily_asset(
     deps: Sequence[dg.AssetKey | dg.AssetDep],
     schema: pl.Schema,
     table_uri: str,
-    check_names: Sequence[str],
+    rules: Sequence[str],
     catalog: Catalog,
     builder: Builder,
     name: str,
     checker: Checker,
     finisher: Finisher | None = None,
 ) -> dg.AssetsDefinition:
-    specs = checks.check_specs(key, check_names, partitions) + skew.skew_check_specs(
+    specs = checks.check_specs(key, rules, partitions) + skew.skew_check_specs(
         key, partitions
     )
     streamed_source = _streamed_source(catalog, group, name)
@@ -253,16 +253,24 @@ def _daily_asset(
     return decorate(_materialize)
 
 
-def standard_checks(schema: pl.Schema, keys: list[str], required: list[str]) -> Checker:
-    """Schema, unique keys, required fields and rows written, on what a run wrote."""
+STANDARD_RULES = [checks.SCHEMA, checks.UNIQUE, checks.REQUIRED]
+
+
+def standard_checks(
+    schema: pl.Schema, keys: list[str], required: list[str], *more: Checker
+) -> Checker:
+    """The contract (schema, unique keys, required fields, and ``more`` rules) and rows
+    written, on what a run wrote."""
 
     def run(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
-        return [
+        rules = [
             checks.schema_check(written, schema),
             checks.unique_check(written, keys),
             checks.required_check(written, required),
-            checks.rows_check(written),
         ]
+        for rule in more:
+            rules += rule(written)
+        return [checks.contract_check(rules), checks.rows_check(written)]
 
     return run
 
@@ -274,7 +282,6 @@ def build_assets(
     sequences."""
     layout = platform.layout
     found: list[dg.AssetsDefinition | dg.AssetSpec] = []
-    standard = [checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS]
 
     for source in catalog.sources.values():
         schema = catalog.event_schema(source.name)
@@ -302,7 +309,7 @@ def build_assets(
                 deps=[landing_key(source.name), stream_archive_key(source.name)],
                 schema=schema,
                 table_uri=layout.events(source.name),
-                check_names=standard,
+                rules=STANDARD_RULES,
                 catalog=catalog,
                 builder=build_events,
                 name=source.name,
@@ -333,7 +340,7 @@ def build_assets(
                 deps=[landing_key(table.name)],
                 schema=schema,
                 table_uri=layout.features(table.name),
-                check_names=standard,
+                rules=STANDARD_RULES,
                 catalog=catalog,
                 builder=build_features,
                 name=table.name,
@@ -359,7 +366,7 @@ def build_assets(
                 deps=[events_key(signal.source), *(features_key(e.table) for e in signal.enrich)],
                 schema=schema,
                 table_uri=layout.signals(signal.name),
-                check_names=standard,
+                rules=STANDARD_RULES,
                 catalog=catalog,
                 builder=build_signal,
                 name=signal.name,
@@ -399,7 +406,7 @@ def _training_asset(
     def training_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
         lengths = [f"{spec.prefix(s.name)}length" for s in sequences]
         return [
-            checks.required_check(written, ["user_id", "ts", *lengths]),
+            checks.contract_check([checks.required_check(written, ["user_id", "ts", *lengths])]),
             checks.rows_check(written),
         ]
 
@@ -420,7 +427,7 @@ def _training_asset(
         ],
         schema=pl.Schema({"user_id": pl.Int64(), "ts": pl.Datetime("us", "UTC")}),
         table_uri=platform.layout.training(spec.name),
-        check_names=[checks.REQUIRED, checks.ROWS],
+        rules=[checks.REQUIRED],
         catalog=catalog,
         builder=build_training,
         name=spec.name,
@@ -437,11 +444,8 @@ def _sequence_asset(
     key = sequence_key(spec.name)
     schema = empty_snapshot(spec, catalog).collect_schema()
 
-    standard = standard_checks(schema, ["user_id"], ["user_id", "length"])
-
-    def sequence_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
-        ordering = checks.ordering_check(written, spec.max_length, spec.stored_fields)
-        return [*standard(written), ordering]
+    def ordering(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
+        return [checks.ordering_check(written, spec.max_length, spec.stored_fields)]
 
     return _daily_asset(
         key,
@@ -459,10 +463,10 @@ def _sequence_asset(
         deps=[signal_key(spec.signal)],
         schema=schema,
         table_uri=platform.layout.sequence(spec),
-        check_names=[*[checks.SCHEMA, checks.UNIQUE, checks.REQUIRED, checks.ROWS], checks.ORDERED],
+        rules=[*STANDARD_RULES, checks.ORDERED],
         catalog=catalog,
         builder=build_sequence,
         name=spec.name,
-        checker=sequence_checks,
+        checker=standard_checks(schema, ["user_id"], ["user_id", "length"], ordering),
         finisher=lambda batch, _: {"realtime_rows_pruned": prune_realtime(batch, spec.signal)},
     )

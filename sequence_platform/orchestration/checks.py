@@ -10,26 +10,52 @@ import polars as pl
 
 from sequence_platform.storage.delta import DT
 
+CONTRACT = "table_contract"
+ROWS = "rows_written"
+"""The two standard checks of every table, evaluated per day: its contract (an error), and
+that the day has rows (a warning: a quiet day is possible)."""
+
 SCHEMA = "schema_matches_definition"
 UNIQUE = "unique_keys"
 REQUIRED = "required_fields_not_null"
-ROWS = "rows_written"
 ORDERED = "sequences_newest_first"
+"""The rules a table's contract may hold (one check result for all of them keeps the number of
+results Dagster records per day small; each rule's findings are in its metadata)."""
 
-CHECK_DESCRIPTIONS = {
-    SCHEMA: "The written columns and types are exactly those the definition derives.",
-    UNIQUE: "No key appears twice in a partition.",
-    REQUIRED: "Required fields are never null.",
-    ROWS: "The day has at least one row (a warning: a quiet day is possible).",
-    ORDERED: "Every sequence is newest first, within max_length, and its lists are aligned.",
+RULE_DESCRIPTIONS = {
+    SCHEMA: "the written columns and types are exactly those the definition derives",
+    UNIQUE: "no key appears twice in a partition",
+    REQUIRED: "required fields are never null",
+    ORDERED: "every sequence is newest first, within max_length, and its lists are aligned",
 }
+ROWS_DESCRIPTION = "The day has at least one row (a warning: a quiet day is possible)."
 
 
 def check_specs(
-    key: dg.AssetKey, names: Sequence[str], partitions: dg.PartitionsDefinition
+    key: dg.AssetKey, rules: Sequence[str], partitions: dg.PartitionsDefinition
 ) -> list[dg.AssetCheckSpec]:
-    """The standard checks, evaluated per day."""
-    return partitioned_specs(key, {name: CHECK_DESCRIPTIONS[name] for name in names}, partitions)
+    """The standard checks, evaluated per day: the contract made of ``rules``, and rows."""
+    contract = (
+        "Every day's partition keeps the table's contract: "
+        + "; ".join(f"{rule} ({RULE_DESCRIPTIONS[rule]})" for rule in rules)
+        + ". Each rule's findings are in the result's metadata, under the rule's name."
+    )
+    return partitioned_specs(key, {CONTRACT: contract, ROWS: ROWS_DESCRIPTION}, partitions)
+
+
+def contract_check(rules: Sequence[dg.AssetCheckResult]) -> dg.AssetCheckResult:
+    """One result for the rules' results: passed when all passed, their findings as metadata
+    (``<rule>.<figure>``), and the rules that failed named in the description."""
+    failed = [str(rule.check_name) for rule in rules if not rule.passed]
+    metadata: dict[str, dg.RawMetadataValue] = {"failed_rules": ", ".join(failed) or "none"}
+    for rule in rules:
+        metadata.update({f"{rule.check_name}.{name}": v for name, v in rule.metadata.items()})
+    return dg.AssetCheckResult(
+        check_name=CONTRACT,
+        passed=not failed,
+        metadata=metadata,
+        description=f"failed: {', '.join(failed)}" if failed else None,
+    )
 
 
 def partitioned_specs(

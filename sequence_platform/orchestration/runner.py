@@ -88,7 +88,9 @@ def _summarize(key: dg.AssetKey, result: dg.ExecuteInProcessResult) -> AssetRun:
     for evaluation in result.get_asset_check_evaluations():
         if evaluation.asset_key == key and not evaluation.passed:
             severe = evaluation.severity == dg.AssetCheckSeverity.ERROR
-            (failed if severe else warnings).append(evaluation.check_name)
+            # A contract names its failed rules: "table_contract (failed: unique_keys)".
+            said = f" ({evaluation.description})" if evaluation.description else ""
+            (failed if severe else warnings).append(f"{evaluation.check_name}{said}")
     error = _failure_message(result, key)
     if not materializations and error is None and not result.success:
         error = "not run: an asset it reads failed"

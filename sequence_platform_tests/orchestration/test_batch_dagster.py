@@ -18,7 +18,7 @@ from sequence_platform.engine.sequence import assemble_snapshot, sequence_rows, 
 from sequence_platform.ingest.generate import GenerationConfig, GenerationSummary, generate_landing
 from sequence_platform.ingest.landing import landing_dir
 from sequence_platform.orchestration import build_definitions
-from sequence_platform.orchestration.checks import ORDERED
+from sequence_platform.orchestration.checks import CONTRACT, ORDERED, UNIQUE
 from sequence_platform.orchestration.runner import computed_asset_keys, materialize_days
 from sequence_platform.runtime.snapshots import read_snapshot
 from sequence_platform.settings import PlatformSettings
@@ -129,9 +129,15 @@ def test_each_day_of_a_range_run_records_its_own_figures_and_checks(platform: Pl
         ).records
         if record.event_log_entry.dagster_event is not None
     ]
-    ordered = [e for e in evaluations if e.asset_key == key and e.check_name == ORDERED]
-    assert sorted(e.partition for e in ordered) == sorted(latest)
-    assert all(e.passed for e in ordered)
+    contract = [e for e in evaluations if e.asset_key == key and e.check_name == CONTRACT]
+    assert sorted(e.partition for e in contract) == sorted(latest)
+    assert all(e.passed for e in contract)
+    # The contract's rules, the sequence ordering among them, each with its findings.
+    for evaluation in contract:
+        found = {name: value.value for name, value in evaluation.metadata.items()}
+        assert found["failed_rules"] == "none"
+        assert found[f"{ORDERED}.out_of_order_users"] == 0
+        assert found[f"{UNIQUE}.duplicate_rows"] == 0
 
     # The events asset rewrote the days' dead letters: each day is recorded with its own count.
     dead = pl.read_delta(platform.layout.dead_letters("engagement")).group_by(DT).len()

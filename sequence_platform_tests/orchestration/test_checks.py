@@ -8,7 +8,15 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sequence_platform.orchestration.checks import ordering_check
+from sequence_platform.orchestration.checks import (
+    CONTRACT,
+    REQUIRED,
+    UNIQUE,
+    contract_check,
+    ordering_check,
+    required_check,
+    unique_check,
+)
 
 EPOCH = datetime(2026, 3, 1, tzinfo=UTC)
 MAX_LENGTH = 4
@@ -54,3 +62,21 @@ def test_the_ordering_check_counts_what_the_rule_counts(
     assert result.metadata["out_of_order_users"].value == unordered  # type: ignore[union-attr]
     assert result.metadata["bad_length_users"].value == bad_length  # type: ignore[union-attr]
     assert result.passed == (unordered + bad_length == 0)
+
+
+def test_the_contract_fails_when_a_rule_fails_and_names_it() -> None:
+    written = pl.DataFrame(
+        {"dt": [date(2026, 3, 1)] * 3, "event_id": ["a", "a", "b"], "user_id": [1, None, 2]}
+    )
+    rules = [
+        unique_check(written, ["event_id"]),
+        required_check(written, ["event_id", "user_id"]),
+    ]
+    contract = contract_check(rules)
+    assert contract.check_name == CONTRACT
+    assert not contract.passed
+    assert contract.description == f"failed: {UNIQUE}, {REQUIRED}"
+    assert contract.metadata[f"{UNIQUE}.duplicate_rows"].value == 1  # type: ignore[union-attr]
+    kept = contract_check([unique_check(written.tail(2), ["event_id"])])
+    assert kept.passed and kept.description is None
+    assert kept.metadata["failed_rules"].value == "none"  # type: ignore[union-attr]
