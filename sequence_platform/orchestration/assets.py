@@ -148,9 +148,7 @@ def _daily_asset(
     checker: Checker,
     finisher: Finisher | None = None,
 ) -> dg.AssetsDefinition:
-    specs = checks.check_specs(key, rules, partitions) + skew.skew_check_specs(
-        key, partitions
-    )
+    specs = checks.check_specs(key, rules, partitions) + skew.skew_check_specs(key, partitions)
     streamed_source = _streamed_source(catalog, group, name)
 
     def _materialize(

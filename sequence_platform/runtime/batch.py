@@ -192,30 +192,38 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     landed_elsewhere, copies_elsewhere = _cross_day_copies(
         ctx, source, landed, streamed, start, end
     )
-    events = (
+    # Which copy won is told by a column carried through (no lookups of ids afterwards).
+    tagged = (
         deduplicate_events(
-            landed.lazy(),
-            streamed.lazy().drop(DT).filter(~pl.col("event_id").is_in(landed_elsewhere.implode())),
+            landed.lazy().with_columns(pl.lit(True).alias(FROM_LANDING)),
+            streamed.lazy()
+            .drop(DT)
+            .filter(~pl.col("event_id").is_in(landed_elsewhere.implode()))
+            .with_columns(pl.lit(False).alias(FROM_LANDING)),
         )
         .with_columns(pl.col("event_time").dt.date().alias(DT))
         .sort(DT, "event_time", "event_id")
         .collect()
     )
+    origins = tagged.group_by(DT, FROM_LANDING).len()
+    events = tagged.drop(FROM_LANDING)
+    del tagged
     dead = without_forgotten(_landing_dead_letters(decoded, start, end), forgotten)
     stats = ctx.write_days(ctx.layout.events(source), events, start, end)
     # The stream's dead letters share the table; a landing day replaces only its own.
     rewritten = _write_dead_letters(
         ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'"
     )
-    from_landing = pl.col("event_id").is_in(landed["event_id"].implode())
-    kept = per_day(events.filter(from_landing))
+    kept = {day: rows for day, landing, rows in origins.iter_rows() if landing}
     landed_days = per_day(landed.select(pl.col("event_time").dt.date().alias(DT)))
     return StepOutcome(
         events,
         stats,
         {
             "dead_letters": per_day(dead),
-            "from_stream_archive": per_day(events.filter(~from_landing)),
+            "from_stream_archive": {
+                day: rows for day, landing, rows in origins.iter_rows() if not landing
+            },
             "duplicates_dropped": {
                 day: rows - kept.get(day, 0) for day, rows in landed_days.items()
             },
@@ -228,6 +236,8 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     )
 
 
+FROM_LANDING = "__from_landing"
+"""While an events build runs: whether a row is the landing copy (else the stream's)."""
 CORRECTION_HORIZON_DAYS = 2
 """How far a correction in the landing zone may move an event from its stream copy's day
 and still displace it (a time-zone mistake moves it by less than a day)."""

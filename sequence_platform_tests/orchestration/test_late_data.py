@@ -16,7 +16,7 @@ import pytest
 
 from sequence_platform import read_sequences
 from sequence_platform.ingest.generate import GenerationConfig, generate_landing
-from sequence_platform.ingest.landing import landing_dir
+from sequence_platform.ingest.landing import landing_dir, read_landing_day
 from sequence_platform.ingest.stream import open_stream
 from sequence_platform.orchestration import build_definitions
 from sequence_platform.orchestration.definitions import BATCH_JOB
@@ -25,6 +25,7 @@ from sequence_platform.orchestration.runner import RANGE_END_TAG, RANGE_START_TA
 from sequence_platform.runtime.snapshots import read_snapshot
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
+from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS
 from sequence_platform.storage.delta import DT
 from sequence_platform.storage.layout import TableLayout
 from sequence_platform_tests.realtime_runs import produce_and_index
@@ -214,6 +215,20 @@ def test_late_stream_events_are_rebuilt_into_their_day(world: World) -> None:
     events = pl.read_delta(world.layout.events("engagement"))
     assert events.filter(pl.col("event_id") == "late-stream-1")[DT].to_list() == [late_day]
     assert "late-stream-1" in world.saved_ids(late_day)
+    # The day's figures say where its rows came from.
+    built = world.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["events", "engagement"]),
+            asset_partitions=[late_day.isoformat()],
+        ),
+        limit=1,
+    ).records[0]
+    assert built.asset_materialization is not None
+    figures = {k: v.value for k, v in built.asset_materialization.metadata.items()}
+    assert figures["from_stream_archive"] == 1
+    assert figures["rows"] == events.filter(pl.col(DT) == late_day).height
+    landing_rows = figures["rows"] - figures["from_stream_archive"]
+    assert figures["duplicates_dropped"] == landing_rows_read(world, late_day) - landing_rows
 
 
 def test_a_landing_copy_on_another_day_displaces_the_stream_copy(world: World) -> None:
@@ -237,6 +252,20 @@ def test_a_landing_copy_on_another_day_displaces_the_stream_copy(world: World) -
     assert "moved-1" in world.saved_ids(landing_day)
     signals = pl.read_delta(world.layout.signals("engagement_enriched"))
     assert signals.filter(pl.col("event_id") == "moved-1")[DT].to_list() == [landing_day]
+
+
+def landing_rows_read(world: World, day: date) -> int:
+    """Valid landing rows of the day, duplicates included."""
+    catalog = load_catalog()
+    decoded = read_landing_day(
+        world.home,
+        "engagement",
+        day,
+        catalog.event_schema("engagement"),
+        required=tuple(REQUIRED_EVENT_FIELDS),
+        time_field="event_time",
+    )
+    return decoded.valid.height
 
 
 def _at(day: date, hour: int) -> datetime:
