@@ -4,6 +4,7 @@ training-set, serve, forget-user, validate."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import logging
 import os
@@ -766,5 +767,18 @@ def _show_live_events(base: str, indexer: Any, stop: threading.Event) -> None:
                 return
 
 
+def run() -> None:
+    """The command's entry point. Once a command that loaded Dagster has returned, its work is
+    committed and its instance closed; tearing the interpreter down (some 2,000 modules) would
+    still take 0.3-0.4 s, so the process runs its exit handlers, flushes and leaves."""
+    code = main()
+    if "dagster" not in sys.modules:
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

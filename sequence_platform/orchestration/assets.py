@@ -228,7 +228,7 @@ def _daily_asset(
 
         # A chunk is recorded after the next one is computed, while its write went on in the
         # background; only the figures stay: memory follows two chunks, not the range.
-        written: _Chunk | None = None
+        pending: _Chunk | None = None
         try:
             for first, last in plan_chunks(rows_per_day, start, end, chunk_budget(group)):
                 began = time.perf_counter()
@@ -253,13 +253,13 @@ def _daily_asset(
                     if streamed_source
                     else {}
                 )
-                if written is not None:
-                    record(written)
-                written = _Chunk(first, last, outcome, seconds, inputs, streamed)
+                if pending is not None:
+                    record(pending)
+                pending = _Chunk(first, last, outcome, seconds, inputs, streamed)
                 del outcome
-            if written is not None:
-                record(written)
-                written = None
+            if pending is not None:
+                record(pending)
+                pending = None
         except BaseException:
             # The step's own error is the one to report; a chunk being written is finished.
             with contextlib.suppress(Exception):

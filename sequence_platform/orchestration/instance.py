@@ -11,7 +11,9 @@ compiled once and a write is an insert and a commit.
 
 What changes with connections held open: a run's events reach its ``<run>.db-wal`` file
 first (SQLite copies them into ``<run>.db`` at checkpoints), so the run log's file watch
-follows both files.
+follows both files. Commits are synced at checkpoints rather than one by one (SQLite's
+``synchronous=NORMAL`` in WAL mode): a power cut can lose the last events recorded, never
+corrupt the files; a process that crashes loses nothing.
 """
 
 import fcntl
@@ -70,9 +72,8 @@ def prepare_dagster_home(dagster_home: Path) -> None:
     ]
     with _configured(dagster_home):
         if not all(path.exists() for path in created):
-            dg.DagsterInstance.from_config(
-                str(dagster_home)
-            ).dispose()  # creates (or migrates) them, under the lock
+            # Opening the instance creates (or migrates) them, here under the lock.
+            dg.DagsterInstance.from_config(str(dagster_home)).dispose()
 
 
 def open_instance(dagster_home: Path) -> dg.DagsterInstance:
@@ -210,5 +211,5 @@ class _WalAwareWatchdog(SqliteEventLogStorageWatchdog):
 
 
 if __name__ == "__main__":
-    # make ui: the instance `dg dev` opens is the one the platform's commands write to.
+    # make install: the instance `dg dev` (make ui) opens is the one the commands write to.
     prepare_dagster_home(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ["DAGSTER_HOME"]))
