@@ -64,7 +64,8 @@ class BackgroundWrites:
         self._pending: list[Future[WriteStats]] = []
 
     def submit(self, write: Callable[[], WriteStats]) -> Future[WriteStats]:
-        self._pending = [future for future in self._pending if not future.done()]
+        # Writes that succeeded are forgotten; a failed one stays until ``settle`` raises it.
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
         future = self._thread.submit(write)
         self._pending.append(future)
         return future
