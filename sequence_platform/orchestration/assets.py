@@ -196,6 +196,8 @@ def _daily_asset(
         def record(chunk: _Chunk) -> None:
             """A written chunk's figures and checks, day by day (once its write committed)."""
             stats = chunk.outcome.stats.result()
+            if chunk.outcome.dead_letters is not None:
+                chunk.outcome.dead_letters.result()  # recorded below once committed
             seconds = chunk.seconds + stats.seconds
             label = chunk.label
             by_day = split_days(chunk.outcome.written)
@@ -219,7 +221,7 @@ def _daily_asset(
                     streamed=day in chunk.streamed,
                 )
                 evaluations.extend(_evaluation(key, day, result) for result in found)
-                if chunk.outcome.dead_letters_rewritten:
+                if chunk.outcome.dead_letters is not None:
                     rejected = chunk.outcome.counts.get("dead_letters", {}).get(day, 0)
                     context.log_event(_dead_letters_written(name, day, rejected))
             line = f"{key.to_user_string()} {label}: {stats.rows:,} rows in {seconds:.2f}s"

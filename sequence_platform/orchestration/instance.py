@@ -1,17 +1,22 @@
 """The platform's Dagster instance: Dagster's SQLite storage, with connections kept open.
 
 A range run of every asset records one materialization per asset and day and one result per
-check and day (so the UI shows each day's own figures); at 30 days that is about 900 events.
+check and day (so the UI shows each day's own figures); at 30 days that is about 700 events.
 Dagster's SQLite event log opens a new engine and connection for each write and closes it
 after, and closing the last connection to a SQLite file in WAL mode checkpoints it: 10-13 ms
-an event on this kind of machine, most of a 1M-event batch run. This storage is the same
-files and the same schema (the UI, the daemon and ``dagster`` commands read them as usual)
-with one engine per database file kept for the life of the process, so statements are
-compiled once and a write is an insert and a commit.
+an event on this kind of machine, most of a 1M-event batch run. This storage keeps Dagster's
+files and schema, with one engine per database file kept for the life of the process, so
+statements are compiled once and a write is an insert and a commit (1.5 ms an event). The
+``dagster.yaml`` the platform writes names it, so the UI, the daemon and ``dagster`` commands
+on the instance use it too.
 
 What changes with connections held open: a run's events reach its ``<run>.db-wal`` file
 first (SQLite copies them into ``<run>.db`` at checkpoints), so the run log's file watch
-follows both files. Commits are synced at checkpoints rather than one by one (SQLite's
+follows both files. A process reading the same files through Dagster's own class (a ``dg dev``
+started on the instance before its ``dagster.yaml`` named this class, say) sees everything,
+but follows a live run only at checkpoints: restart it.
+
+Commits are synced at checkpoints rather than one by one (SQLite's
 ``synchronous=NORMAL`` in WAL mode): a power cut can lose the last events recorded, never
 corrupt the files; a process that crashes loses nothing.
 """
@@ -187,8 +192,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().wipe()
 
     def dispose(self) -> None:
+        super().dispose()  # stops the run-log watch first: it could open a connection again
         self._dispose_engines()
-        super().dispose()
 
 
 def _tune_connection(connection: Any, _record: Any) -> None:

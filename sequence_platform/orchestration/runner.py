@@ -79,8 +79,11 @@ def materialize_days(
 
 
 def _summarize(key: dg.AssetKey, result: dg.ExecuteInProcessResult) -> AssetRun:
-    # One materialization per day, each carrying that day's figures.
-    materializations = result.asset_materializations_for_node(_node_name(key))
+    # One materialization per day, each carrying that day's figures (the step also records
+    # the dead letters it wrote, under their own asset).
+    materializations = [
+        m for m in result.asset_materializations_for_node(_node_name(key)) if m.asset_key == key
+    ]
     rows = sum(_number(m.metadata.get("rows")) for m in materializations)
     seconds = sum(_number(m.metadata.get("duration_s")) for m in materializations)
     failed: list[str] = []

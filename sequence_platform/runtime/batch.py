@@ -51,6 +51,10 @@ from sequence_platform.storage.delta import (
 from sequence_platform.storage.layout import TableLayout
 
 
+class WriteSkipped(RuntimeError):
+    """A write left out because one before it failed (that one is the step's error)."""
+
+
 class BackgroundWrites:
     """A step's writes, one at a time and in order, on a thread of their own: while a chunk is
     written (delta-rs encodes and compresses without holding the GIL) the next chunk is
@@ -62,13 +66,26 @@ class BackgroundWrites:
     def __init__(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-writes")
         self._pending: list[Future[WriteStats]] = []
+        self._failed: BaseException | None = None
 
     def submit(self, write: Callable[[], WriteStats]) -> Future[WriteStats]:
         # Writes that succeeded are forgotten; a failed one stays until ``settle`` raises it.
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        future = self._thread.submit(write)
+        future = self._thread.submit(self._unless_failed, write)
         self._pending.append(future)
         return future
+
+    def _unless_failed(self, write: Callable[[], WriteStats]) -> WriteStats:
+        # After a failed write nothing more is committed: the table never moves past it.
+        if self._failed is not None:
+            raise WriteSkipped("not written: an earlier write of this step failed") from (
+                self._failed
+            )
+        try:
+            return write()
+        except BaseException as error:
+            self._failed = error
+            raise
 
     def settle(self) -> None:
         """Wait for every write submitted so far; the first that failed raises here."""
@@ -145,8 +162,9 @@ class StepOutcome:
     """Further figures of the step, each per day (dead letters, say)."""
     notes: dict[str, dict[date, str]] = field(default_factory=dict)
     """Further facts of the step, each per day, in words."""
-    dead_letters_rewritten: bool = False
-    """Whether the step replaced its days' dead letters (there were or are some)."""
+    dead_letters: Future[WriteStats] | None = None
+    """The replacement of the days' dead letters, when the step made one (there were or are
+    some); their materialization is recorded once it committed."""
 
 
 CHUNK_ROWS = 300_000
@@ -285,7 +303,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
             ),
         },
         {STREAM_COPIES_ON: copies_elsewhere},
-        dead_letters_rewritten=rewritten,
+        dead_letters=rewritten,
     )
 
 
@@ -376,14 +394,13 @@ def _write_dead_letters(
     end: date,
     *,
     only_where: str | None = None,
-) -> bool:
-    """Replace the days' dead letters; no commit at all when there were none and are none.
-    Returns whether it committed."""
+) -> Future[WriteStats] | None:
+    """Replace the days' dead letters; no commit at all when there were none and are none
+    (then None)."""
     uri = ctx.layout.dead_letters(name)
     if dead.is_empty() and not any(records_per_day(uri, start, end, ctx.layout.storage_options)):
-        return False
-    ctx.write_days(uri, dead, start, end, only_where=only_where)
-    return True
+        return None
+    return ctx.write_days(uri, dead, start, end, only_where=only_where)
 
 
 def build_features(ctx: BatchContext, table: str, start: date, end: date) -> StepOutcome:
@@ -405,9 +422,7 @@ def build_features(ctx: BatchContext, table: str, start: date, end: date) -> Ste
     stats = ctx.write_days(ctx.layout.features(table), rows, start, end)
     dead = _landing_dead_letters(decoded, start, end)
     rewritten = _write_dead_letters(ctx, table, dead, start, end)
-    return StepOutcome(
-        rows, stats, {"dead_letters": per_day(dead)}, dead_letters_rewritten=rewritten
-    )
+    return StepOutcome(rows, stats, {"dead_letters": per_day(dead)}, dead_letters=rewritten)
 
 
 def build_signal(ctx: BatchContext, signal: str, start: date, end: date) -> StepOutcome:
@@ -494,7 +509,7 @@ def build_training(ctx: BatchContext, name: str, start: date, end: date) -> Step
             "spine_rows": per_day(spine.select(pl.col("ts").dt.date().alias(DT))),
             "dead_letters": per_day(dead),
         },
-        dead_letters_rewritten=rewritten,
+        dead_letters=rewritten,
     )
 
 

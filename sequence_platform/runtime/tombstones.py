@@ -13,6 +13,7 @@ is nobody's).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -95,20 +96,23 @@ class Tombstones:
         self._table: DeltaTable | None = None
         self._version: int | None = None
         self._users = pl.Series(USER_ID, [], dtype=pl.Int64())
+        # A step asks from its own thread and from its writer thread (BackgroundWrites).
+        self._lock = threading.Lock()
 
     def users(self) -> pl.Series:
         """Every forgotten user id, distinct, as of now."""
-        if self._table is None:
-            self._table = open_table(self.uri, self.storage_options)
+        with self._lock:
             if self._table is None:
-                return self._users
-        else:
-            self._table.update_incremental()
-        version = self._table.version()
-        if version != self._version:
-            self._users = read_forgotten(self._table)
-            self._version = version
-        return self._users
+                self._table = open_table(self.uri, self.storage_options)
+                if self._table is None:
+                    return self._users
+            else:
+                self._table.update_incremental()
+            version = self._table.version()
+            if version != self._version:
+                self._users = read_forgotten(self._table)
+                self._version = version
+            return self._users
 
     def keep(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` without the rows of every user forgotten so far."""

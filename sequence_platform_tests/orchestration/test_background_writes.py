@@ -1,12 +1,13 @@
-"""A step's writes in the background: in order, one at a time, and a failed write fails the
-step (at the latest when the step settles), after the writes before it committed."""
+"""A step's writes in the background: in order, one at a time; a failed write fails the step
+(at the latest when the step settles), after the writes before it committed and with none
+committed after it."""
 
 import threading
 import time
 
 import pytest
 
-from sequence_platform.runtime.batch import BackgroundWrites
+from sequence_platform.runtime.batch import BackgroundWrites, WriteSkipped
 from sequence_platform.storage.delta import WriteStats
 
 
@@ -38,7 +39,7 @@ def test_writes_run_in_order_one_at_a_time_off_the_calling_thread() -> None:
     assert all(name != threading.current_thread().name for _, name in seen)
 
 
-def test_a_failed_write_raises_when_the_step_settles_after_earlier_ones_committed() -> None:
+def test_a_failed_write_stops_the_writes_after_it_and_raises_when_the_step_settles() -> None:
     writes = BackgroundWrites()
     committed: list[int] = []
 
@@ -53,7 +54,10 @@ def test_a_failed_write_raises_when_the_step_settles_after_earlier_ones_committe
     failed = writes.submit(broken)
     while not failed.done():
         time.sleep(0.01)
-    writes.submit(ok)  # a failure nobody looked at is not forgotten by later writes
+    # A failure nobody looked at yet is not forgotten, and nothing is committed after it.
+    later = writes.submit(ok)
     with pytest.raises(OSError, match="disk full"):
         writes.close()
-    assert committed == [1, 1]
+    assert committed == [1]
+    with pytest.raises(WriteSkipped):
+        later.result()
