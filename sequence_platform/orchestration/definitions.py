@@ -15,7 +15,7 @@ from sequence_platform.orchestration.realtime import (
     realtime_definitions,
     stream_assets,
 )
-from sequence_platform.orchestration.resources import PlatformResource
+from sequence_platform.orchestration.resources import PlatformResource, tables_only
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.loader import load_catalog
@@ -74,5 +74,5 @@ def build_definitions(
                 description="Builds yesterday's partitions at 01:00 UTC.",
             ),
         ],
-        resources={"platform": platform},
+        resources={"platform": platform, "io_manager": tables_only()},
     )

@@ -52,3 +52,26 @@ class PlatformResource(dg.ConfigurableResource):
         self, catalog: Catalog, writes: BackgroundWrites | None = None
     ) -> BatchContext:
         return BatchContext(catalog, self.layout, Path(self.home), writes)
+
+
+class TablesOnly(dg.IOManager):
+    """The code location's ``io_manager``. Every asset writes its own Delta tables and hands no
+    Python value to the next (assets depend on tables, not on values), so there is nothing to
+    store between steps; Dagster's default would pickle each ``None`` to a file."""
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        if obj is not None:
+            raise TypeError(
+                f"step '{context.step_key}' returned a {type(obj).__name__}: the platform's "
+                "assets and ops write their tables themselves and return nothing"
+            )
+
+    def load_input(self, context: dg.InputContext) -> object:
+        raise TypeError(
+            f"input '{context.name}' asked for a value: the platform's assets and ops pass "
+            "none (they read the tables they depend on)"
+        )
+
+
+def tables_only() -> dg.IOManagerDefinition:
+    return dg.IOManagerDefinition.hardcoded_io_manager(TablesOnly(), description=TablesOnly.__doc__)

@@ -40,3 +40,23 @@ def test_the_stream_sensor_declares_the_interval_the_daemon_keeps(
     )
     sensor = build_definitions(settings=settings).resolve_sensor_def("engagement_stream")
     assert sensor.minimum_interval_seconds == declared
+
+
+def test_steps_pass_no_values_and_an_asset_returning_one_fails(tmp_path: Path) -> None:
+    """The code location's io_manager stores nothing: the assets write their own tables."""
+    settings = PlatformSettings(home=tmp_path, start_date=date(2026, 3, 1))
+    defs = build_definitions(settings=settings)
+    io_manager = defs.resources["io_manager"]
+    assert isinstance(io_manager, dg.IOManagerDefinition)
+    assert "Delta tables" in (io_manager.description or "")
+
+    @dg.asset
+    def returns_a_frame() -> list[int]:
+        return [1, 2, 3]
+
+    result = dg.materialize(
+        [returns_a_frame], resources={"io_manager": io_manager}, raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "returned a list" in str(failure.step_failure_data.error)
