@@ -111,58 +111,62 @@ def validate_events(
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
 
-    parsed = {
-        name: _parse(pl.col(name), frame.schema[name], dtype) for name, dtype in schema.items()
-    }
-    checks: list[pl.Expr] = [pl.col(REASON)]
+    frame = frame.with_columns(
+        _parse(pl.col(name), frame.schema[name], dtype).alias(f"__{name}")
+        for name, dtype in schema.items()
+    )
+    # Each rule: when a row breaks it, and what its dead letter says. The words are built only
+    # for the rows that break a rule (building them for every row was most of the cost).
+    rules: list[tuple[pl.Expr, pl.Expr]] = []
     for name, dtype in schema.items():
-        raw, value = pl.col(name), parsed[name]
+        raw, value = pl.col(name), pl.col(f"__{name}")
         if name in required:
-            checks.append(pl.when(raw.is_null()).then(pl.lit(f"missing required field '{name}'")))
+            rules.append((raw.is_null(), pl.lit(f"missing required field '{name}'")))
         shown = (
             raw.cast(pl.String).str.slice(0, 40)
             if _castable(frame.schema[name], pl.String()) or frame.schema[name].is_numeric()
             else pl.lit(str(frame.schema[name]))
         )
-        checks.append(
-            pl.when(raw.is_not_null() & value.is_null()).then(
+        rules.append(
+            (
+                raw.is_not_null() & value.is_null(),
                 pl.format(
                     "field '{}': cannot read '{}' as {}",
                     pl.lit(name),
                     shown,
                     pl.lit(type_name_of(dtype)),
-                )
+                ),
             )
         )
-    event_time = parsed[time_field]
+    event_time = pl.col(f"__{time_field}")
     if "event_id" in schema:
-        checks.append(
-            pl.when(pl.col("event_id").cast(pl.String).eq("")).then(
-                pl.lit("field 'event_id' is empty")
-            )
+        rules.append(
+            (pl.col("event_id").cast(pl.String).eq(""), pl.lit("field 'event_id' is empty"))
         )
-    checks.append(
-        pl.when(
+    rules.append(
+        (
             (event_time < pl.lit(EARLIEST_EVENT_TIME, dtype=TIMESTAMP))
-            | (event_time >= pl.lit(LATEST_EVENT_TIME, dtype=TIMESTAMP))
-        ).then(
+            | (event_time >= pl.lit(LATEST_EVENT_TIME, dtype=TIMESTAMP)),
             pl.format(
                 "field '{}': {} is outside {}..{}",
                 pl.lit(time_field),
                 event_time.dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 pl.lit(EARLIEST_EVENT_TIME.date().isoformat()),
                 pl.lit(LATEST_EVENT_TIME.date().isoformat()),
-            )
+            ),
         )
     )
-    checked = frame.with_columns(
-        pl.coalesce(checks).alias(REASON), *(value.alias(f"__{n}") for n, value in parsed.items())
+    broken = pl.col(REASON).is_not_null() | pl.any_horizontal(
+        broken.fill_null(False) for broken, _ in rules
     )
-    valid = checked.filter(pl.col(REASON).is_null()).select(
+    checked = frame.with_columns(broken.alias("__broken"))
+    valid = checked.filter(~pl.col("__broken")).select(
         *(pl.col(f"__{name}").alias(name) for name in schema), pl.col(ORIGIN)
     )
-    rejected = checked.filter(pl.col(REASON).is_not_null()).select(
-        record.alias(RECORD), pl.col(REASON), pl.col(ORIGIN)
+    # The first rule a row breaks is its reason (an earlier reason, from decoding, first).
+    reason = pl.coalesce(pl.col(REASON), *(pl.when(broken).then(text) for broken, text in rules))
+    rejected = checked.filter(pl.col("__broken")).select(
+        record.alias(RECORD), reason.alias(REASON), pl.col(ORIGIN)
     )
     return DecodedEvents(valid, rejected)
 
