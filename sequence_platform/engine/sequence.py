@@ -74,15 +74,9 @@ def newest_first(rows: pl.LazyFrame, max_length: int) -> pl.LazyFrame:
 
 def merge_rows(*rows_by_priority: pl.LazyFrame) -> pl.LazyFrame:
     """Union of event rows; where an ``event_id`` appears twice the earlier frame wins."""
-    ranked = [
-        frame.with_columns(pl.lit(rank, dtype=pl.UInt32).alias("__rank"))
-        for rank, frame in enumerate(rows_by_priority)
-    ]
-    return (
-        pl.concat(ranked, how="vertical_relaxed")
-        .sort("__rank", maintain_order=True)
-        .filter(pl.col("event_id").is_first_distinct())
-        .drop("__rank")
+    # A vertical concatenation keeps the frames' order, then each frame's row order.
+    return pl.concat(rows_by_priority, how="vertical_relaxed").filter(
+        pl.col("event_id").is_first_distinct()
     )
 
 
