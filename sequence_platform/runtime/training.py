@@ -154,11 +154,17 @@ def write_training_set(
             for part in training_days(reader, sequences, checked):
                 table = part.to_arrow()
                 if writer is None:
-                    # Dictionaries only where values repeat (text): trying them on every float
-                    # of the embeddings took half the writing time.
+                    # Dictionaries only where values repeat (text), statistics only where a
+                    # reader can prune with them (the spine's own columns): trying both on
+                    # every float of the embeddings took most of the writing time.
                     text = [name for name, dtype in part.schema.items() if _is_text(dtype)]
+                    flat = [n for n, dtype in part.schema.items() if not isinstance(dtype, pl.List)]
                     writer = pq.ParquetWriter(
-                        out, table.schema, compression="zstd", use_dictionary=text
+                        out,
+                        table.schema,
+                        compression="zstd",
+                        use_dictionary=text,
+                        write_statistics=flat,
                     )
                 if pending is not None:
                     pending.result()
