@@ -11,8 +11,8 @@ p50/p99 and requests/s as JSON) with 1 connection, and the single fetch also wit
 
 Targets: at 1 connection p50 <= floor p50 + 0.5 ms and p99 <= 3 ms; at 8 connections at
 least 70% of the floor's throughput; columnar and Arrow within 1.2x of records; the batch of
-100 users p99 <= 25 ms; an unknown user p50 <= floor p50 + 0.2 ms. With ``serve --workers``
-available the single fetch is also measured with one worker per core.
+100 users p99 <= 25 ms; an unknown user p50 <= floor p50 + 0.2 ms. The single fetch is also
+measured with ``serve --workers``, one worker per core.
 
 Needs wrk (``apt-get install wrk``, ``brew install wrk``). Give ``--home`` a data home that
 ``bench_batch.py --workdir`` materialized, or the benchmark generates and materializes one.

@@ -1,7 +1,7 @@
 """The platform's Dagster instance: Dagster's SQLite storage, with connections kept open.
 
 A range run of every asset records one materialization per asset and day and one result per
-check and day (so the UI shows each day's own figures); at 30 days that is about 700 events.
+check and day (so the UI shows each day's own figures); at 30 days that is about 600 events.
 Dagster's SQLite event log opens a new engine and connection for each write and closes it
 after, and closing the last connection to a SQLite file in WAL mode checkpoints it: 10-13 ms
 an event on this kind of machine, most of a 1M-event batch run. This storage keeps Dagster's
