@@ -16,10 +16,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sequence_platform.serving.context import ServingContext
-from sequence_platform.serving.docs import add_offline_docs
 from sequence_platform.serving.errors import ServingError
 from sequence_platform.serving.logs import LOG_CONFIG, log_json_to_stderr
 from sequence_platform.serving.metrics import RequestMetricsMiddleware, ServingMetrics
@@ -74,19 +74,18 @@ def create_app(
         finally:
             await asyncio.to_thread(refresher.stop)
 
-    app = FastAPI(
+    # /docs and /redoc from the files fastapi-offline installs, not from a CDN.
+    app = FastAPIOffline(
         title="Sequence Platform read service",
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # served from local files: see add_offline_docs
-        redoc_url=None,
+        static_url="/docs-assets",
     )
     app.state.serving = context
     app.include_router(sequences.router)
     app.include_router(definitions.router)
     app.include_router(health.router)
-    add_offline_docs(app)  # after the API's routes, which are matched first
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         app.include_router(admin.admin_router(settings.admin_token))
     # The last added is the outermost: metrics see the 500 that the error middleware writes.

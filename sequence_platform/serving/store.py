@@ -37,7 +37,6 @@ from sequence_platform.engine.sequence import empty_snapshot, snapshot_cutoff, s
 from sequence_platform.engine.signal import latest_feature_versions
 from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.runtime.snapshots import snapshot_from_table
-from sequence_platform.runtime.tombstones import read_forgotten
 from sequence_platform.serving.columns import (
     JSON_PREFIX,
     NULL_JSON,
@@ -52,7 +51,7 @@ from sequence_platform.serving.errors import NotLoaded
 from sequence_platform.serving.snapshot_files import MappedTable, SnapshotFiles
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import FeatureTableSpec, SequenceSpec
-from sequence_platform.storage.delta import DT, open_table
+from sequence_platform.storage.delta import DT, open_table, table_records
 from sequence_platform.storage.layout import TableLayout
 
 log = logging.getLogger(__name__)
@@ -760,8 +759,7 @@ class DeadLetterCount(WatchedTable):
         return 0
 
     def _load(self, table: DeltaTable) -> int:
-        records = pl.DataFrame(table.get_add_actions(flatten=True))
-        return 0 if records.is_empty() else int(records["num_records"].sum())
+        return table_records(table)
 
 
 class TombstoneTable(WatchedTable):
@@ -777,7 +775,7 @@ class TombstoneTable(WatchedTable):
         return 0
 
     def _load(self, table: DeltaTable) -> int:
-        return read_forgotten(table).len()
+        return table_records(table)  # only the new version matters: no data file is read
 
 
 # -- the store -------------------------------------------------------------------------------

@@ -251,6 +251,12 @@ def records_per_day(
     return {day: int(rows) for day, rows in counts.iter_rows() if rows}
 
 
+def table_records(table: DeltaTable) -> int:
+    """Rows the table version holds, from the Delta log alone (no data file is read)."""
+    actions = pl.DataFrame(table.get_add_actions(flatten=True))
+    return 0 if actions.is_empty() else int(actions["num_records"].sum())
+
+
 def scan_days(
     uri: str,
     schema: pl.Schema,
