@@ -197,19 +197,12 @@ def _port_taken(host: str, port: int) -> str | None:
 
 
 def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
-    return value
-
-
-def _days(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of days, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"a whole number, not {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 day, not {text}")
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
     return value
 
 
@@ -223,7 +216,7 @@ def _positive(text: str) -> float:
 def _generation_options(parser: argparse.ArgumentParser, *, days: int) -> None:
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     parser.add_argument(
-        "--days", type=_days, default=days, help=f"days of history (default {days})"
+        "--days", type=_at_least_one, default=days, help=f"days of history (default {days})"
     )
     parser.add_argument(
         "--end", type=date.fromisoformat, default=yesterday, help="last day (default yesterday)"

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sequence_platform.storage.maintenance import DEFAULT_RETENTION_HOURS
+
 START_DATE_FILE = "start_date"
 """Written into the data home by ``generate``, so every command agrees on the first day."""
 FALLBACK_START_DATE = date(2026, 1, 1)
@@ -57,7 +59,7 @@ class PlatformSettings(BaseSettings):
         default=False, description="The read service logs one JSON line per request."
     )
     vacuum_retention_hours: int = Field(
-        default=168,
+        default=DEFAULT_RETENTION_HOURS,
         ge=0,
         description="Vacuum deletes files no table version has referenced for this long.",
     )

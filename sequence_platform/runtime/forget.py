@@ -45,7 +45,7 @@ from sequence_platform.runtime.tombstones import (
 )
 from sequence_platform.storage.delta import COMMIT_ATTEMPTS, delete_keys, open_table
 from sequence_platform.storage.layout import TOMBSTONES, TableLayout
-from sequence_platform.storage.maintenance import on_fresh_table
+from sequence_platform.storage.maintenance import vacuum_table
 
 TABLE_DEPTH = 3
 """Tables lie at most this deep under the root: ``sequences/<name>/v<version>``."""
@@ -133,8 +133,8 @@ def purge_table(
     """Delete the rows of ``users`` from the table, then vacuum it with a retention of zero and
     remove the data files of failed commits that hold their rows."""
     table = open_table(uri, storage_options)
-    if table is None:
-        return TablePurge(name, 0, 0)
+    if table is None or forgotten_rows(table.schema().to_arrow().names, users) is None:
+        return TablePurge(name, 0, 0)  # no such table, or one that holds no user's rows
     _fence(table, storage_options)
     deleted = 0
     for attempt in range(COMMIT_ATTEMPTS + 1):
@@ -153,7 +153,7 @@ def purge_table(
             deleted += delete_keys(uri, keys, keys.columns[0], storage_options, attempts=1)
         except CommitFailedError:
             time.sleep(0.05 * (attempt + 1))
-    vacuumed = _vacuum(uri, storage_options)
+    vacuumed = len(vacuum_table(uri, 0, storage_options) or [])
     return TablePurge(name, deleted, vacuumed + _sweep_orphans(name, uri, users, storage_options))
 
 
@@ -200,7 +200,12 @@ def _sweep_orphans(
             continue
         try:
             with files.open_input_file(path) as source:
-                frame = pl.from_arrow(pq.read_table(source))
+                parquet = pq.ParquetFile(source)
+                names = parquet.schema_arrow.names
+                # Only the columns that name a user.
+                frame = pl.from_arrow(
+                    parquet.read(columns=[n for n in (USER_ID, RECORD) if n in names])
+                )
         except (OSError, pa.ArrowInvalid):
             continue  # still being written
         assert isinstance(frame, pl.DataFrame)
@@ -221,13 +226,3 @@ def _keys_of(table: DeltaTable, users: pl.Series) -> pl.DataFrame | None:
         return None
     column = USER_ID if USER_ID in names else RECORD
     return frame.filter(forgotten).select(column).unique().collect()
-
-
-def _vacuum(uri: str, storage_options: dict[str, str] | None) -> int:
-    """Remove every file no current row needs any more (retention zero); the number removed.
-    Vacuum records itself in the log, so a writer that commits first makes it start again."""
-
-    def vacuum(table: DeltaTable) -> int:
-        return len(table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False))
-
-    return on_fresh_table(uri, vacuum, storage_options) or 0

@@ -25,6 +25,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.engine.decode import RECORD
+from sequence_platform.spec.types import INT64_MAX, INT64_MIN
 from sequence_platform.storage.delta import COMMIT_ATTEMPTS, DT, ensure_table, open_table
 from sequence_platform.storage.layout import TableLayout
 
@@ -39,7 +40,6 @@ TOMBSTONE_SCHEMA = pl.Schema(
         PURGED_AT: pl.Datetime("us", "UTC"),
     }
 )
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NAMED_USER = r'"user_id"\s*:\s*"?(-?\d+)'
 """A record's ``user_id`` when it is not valid JSON as a whole (cut short, say)."""
 

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt
 
-from sequence_platform.serving.query import INT64_MAX, INT64_MIN, MAX_BATCH_USERS, Format
+from sequence_platform.serving.query import MAX_BATCH_USERS, Format
+from sequence_platform.spec.types import INT64_MAX, INT64_MIN
 
 UserId = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 """A JSON integer: ``"1"``, ``1.0`` and ``true`` are refused, not read as 1."""

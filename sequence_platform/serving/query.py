@@ -17,6 +17,7 @@ import polars as pl
 from sequence_platform.serving.errors import InvalidParameter, UnknownSequence
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.spec.types import INT64_MAX, INT64_MIN
 
 Format = Literal["records", "columnar", "arrow"]
 ALWAYS_SERVED = ("event_id", "event_time")
@@ -24,7 +25,6 @@ MAX_BATCH_USERS = 1_000
 EARLIEST_AS_OF = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_AS_OF = datetime(2200, 1, 1, tzinfo=UTC)
 AS_OF_RANGE = f"as_of must be from {EARLIEST_AS_OF.date()} up to {LATEST_AS_OF.date()}"
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from pydantic import AfterValidator
 TIME_UNIT: Literal["ms"] = "ms"
 TIME_ZONE = "UTC"
 TIMESTAMP = pl.Datetime(TIME_UNIT, TIME_ZONE)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of a ``user_id`` (an int64)."""
 
 _SCALARS: dict[str, pl.DataType] = {
     "string": pl.String(),

@@ -48,15 +48,6 @@ class CompactionOutcome:
     sorted_by: str | None
 
 
-@dataclass(frozen=True)
-class MaintenanceOutcome:
-    uri: str
-    files_removed: int
-    files_added: int
-    files_vacuumed: int
-    rows_expired: int
-
-
 def on_fresh_table(
     uri: str,
     operation: Callable[[DeltaTable], T],
@@ -194,28 +185,3 @@ def vacuum_table(
         return gone
 
     return on_fresh_table(uri, vacuum, storage_options)
-
-
-def maintain_table(
-    uri: str,
-    *,
-    expire_before: date | None = None,
-    retention_hours: int = DEFAULT_RETENTION_HOURS,
-    storage_options: dict[str, str] | None = None,
-) -> MaintenanceOutcome | None:
-    """Expire the days before ``expire_before`` (if given), compact, then vacuum.
-
-    Returns None when the table does not exist yet.
-    """
-    if open_table(uri, storage_options) is None:
-        return None
-    expired = expire_days(uri, expire_before, storage_options) if expire_before else 0
-    compacted = compact_table(uri, storage_options)
-    vacuumed = vacuum_table(uri, retention_hours, storage_options) or []
-    return MaintenanceOutcome(
-        uri,
-        compacted.files_removed if compacted else 0,
-        compacted.files_added if compacted else 0,
-        len(vacuumed),
-        expired,
-    )

@@ -15,7 +15,7 @@ from sequence_platform.storage.delta import (
     overwrite_days,
     scan_days,
 )
-from sequence_platform.storage.maintenance import maintain_table
+from sequence_platform.storage.maintenance import compact_table, expire_days, vacuum_table
 
 SCHEMA = pl.Schema({"x": pl.Int64()})
 
@@ -80,12 +80,15 @@ def test_append_once_and_maintenance_keep_offsets_and_contents(tmp_path: Path) -
     assert (committed_version(uri, "topic/0"), committed_version(uri, "topic/1")) == (20, 5)
     assert committed_version(uri, "other/0") == 0
 
-    outcome = maintain_table(uri, expire_before=d2)
-    assert outcome is not None
-    assert (outcome.rows_expired, outcome.files_removed, outcome.files_added) == (1, 2, 1)
+    # Maintenance as table_maintenance runs it: expire, compact, vacuum.
+    assert expire_days(uri, d2) == 1
+    compacted = compact_table(uri)
+    assert compacted is not None
+    assert (compacted.files_removed, compacted.files_added) == (2, 1)
+    assert vacuum_table(uri) is not None
     assert content(uri) == [(d2, 2), (d2, 3)]
     assert (committed_version(uri, "topic/0"), committed_version(uri, "topic/1")) == (20, 5)
-    assert maintain_table(str(tmp_path / "absent")) is None
+    assert compact_table(str(tmp_path / "absent")) is None
 
 
 @pytest.mark.parametrize("attempt", range(25))

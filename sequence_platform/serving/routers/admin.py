@@ -20,8 +20,8 @@ from sequence_platform.runtime.forget import ForgetIncomplete, forget_users
 from sequence_platform.serving.context import context_of
 from sequence_platform.serving.errors import ServingError
 from sequence_platform.serving.models import ErrorResponse
-from sequence_platform.serving.query import INT64_MAX, INT64_MIN
 from sequence_platform.serving.reader import format_timestamp
+from sequence_platform.spec.types import INT64_MAX, INT64_MIN
 
 
 class ForgetFailed(ServingError):

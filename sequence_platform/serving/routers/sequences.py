@@ -16,8 +16,6 @@ from sequence_platform.serving.models import (
     SequenceResponse,
 )
 from sequence_platform.serving.query import (
-    INT64_MAX,
-    INT64_MIN,
     MAX_BATCH_USERS,
     Format,
     SequenceQuery,
@@ -31,6 +29,7 @@ from sequence_platform.serving.reader import (
     read_sequences,
     reads_from_memory,
 )
+from sequence_platform.spec.types import INT64_MAX, INT64_MIN
 
 router = APIRouter(prefix="/v1/sequences", tags=["sequences"])
 
