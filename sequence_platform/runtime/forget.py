@@ -6,8 +6,9 @@ kept so that no later write brings them back.
 1. a tombstone per user (``runtime.tombstones``): from this commit on, every writer leaves the
    users out — a micro-batch checks the tombstones against the very table version it commits on;
 2. in every Delta table under the root (found by listing it, so older sequence versions and
-   tables of removed definitions count too), an empty commit first fences out the micro-batches
-   that read the tombstones before step 1, then the users' rows are deleted: by ``user_id``, or
+   tables of removed definitions count too), an empty commit first fences out the writers
+   (micro-batches and batch writes: neither lets delta-rs rebase a commit) that read the
+   tombstones before step 1, then the users' rows are deleted: by ``user_id``, or
    in dead letters by the user a raw record names. A writer that commits meanwhile makes Delta
    refuse the deletion, which then starts again on a fresh table;
 3. each table is vacuumed with a retention of zero, so the files that held the rows are gone

@@ -94,6 +94,9 @@ def overwrite_days(
                 predicate=predicate,
                 partition_by=[DT],
                 storage_options=storage_options or None,
+                # No rebase inside delta-rs: every retry comes back here, where ``keep`` runs
+                # again (a forget's fence commit then reaches batch writes too).
+                commit_properties=CommitProperties(max_commit_retries=0),
             )
             break
         except CommitFailedError:

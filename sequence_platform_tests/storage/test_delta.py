@@ -126,3 +126,39 @@ def test_first_writes_racing_to_create_a_table_lose_nothing(tmp_path: Path, atte
     assert errors == []
     expected = [(day, x) for day in days for x in (day.day, 10 * day.day)]
     assert content(uri) == [*expected, (date(2026, 3, 9), 99)]
+
+
+def test_a_batch_write_refused_by_a_fence_filters_its_rows_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user forgotten while a batch write is under way: the forget's empty commit (its fence)
+    lands between the write's filtering and its commit. The commit is refused rather than
+    rebased, and the attempt after it filters the rows again, leaving the user out."""
+    from datetime import UTC, datetime
+
+    import deltalake
+
+    from sequence_platform.runtime.tombstones import Tombstones, record_tombstones
+    from sequence_platform.storage import delta
+    from sequence_platform.storage.layout import TableLayout
+
+    layout = TableLayout(str(tmp_path))
+    uri = str(tmp_path / "events")
+    day = date(2026, 3, 1)
+    frame = pl.DataFrame({"dt": [day, day], "user_id": [1, 2]})
+    overwrite_days(uri, frame, day, day)  # the table exists
+    tombstones = Tombstones(layout)
+    real_write = delta.write_deltalake
+    fenced: list[int] = []
+
+    def forget_meanwhile(table: object, data: object, **kwargs: object) -> None:
+        if not fenced:  # the forget happens once, between filtering and the first commit
+            fenced.append(1)
+            record_tombstones(layout, pl.Series([2], dtype=pl.Int64), datetime.now(UTC))
+            empty = pl.DataFrame(schema=frame.schema).to_arrow()
+            deltalake.write_deltalake(uri, empty, mode="append", partition_by=["dt"])
+        real_write(table, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delta, "write_deltalake", forget_meanwhile)
+    overwrite_days(uri, frame, day, day, keep=tombstones.keep)
+    assert pl.read_delta(uri)["user_id"].to_list() == [1]
