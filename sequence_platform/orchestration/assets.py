@@ -83,7 +83,6 @@ class _Chunk:
     seconds: float
     """Computing it (its write's time is added once it committed)."""
     inputs: "dict[date, dict[str, str | int]]"
-    streamed: "dict[date, int]"
 
     @property
     def days(self) -> list[date]:
@@ -192,6 +191,18 @@ def _daily_asset(
         )
         evaluations: list[dg.AssetCheckEvaluation] = []
         rows_per_day = input_rows(batch, group, name, start, end)
+        # The days the stream delivered to, read once as the step starts (skew checks compare
+        # what stood at the run's start).
+        streamed = (
+            records_per_day(
+                batch.layout.stream_archive(streamed_source),
+                start,
+                end,
+                batch.layout.storage_options,
+            )
+            if streamed_source
+            else {}
+        )
 
         def record(chunk: _Chunk) -> None:
             """A written chunk's figures and checks, day by day (once its write committed)."""
@@ -218,7 +229,7 @@ def _daily_asset(
                     key,
                     day,
                     run_started=started,
-                    streamed=day in chunk.streamed,
+                    streamed=day in streamed,
                 )
                 evaluations.extend(_evaluation(key, day, result) for result in found)
                 if chunk.outcome.dead_letters is not None:
@@ -245,19 +256,9 @@ def _daily_asset(
                         allow_retries=False,
                     ) from None
                 seconds = time.perf_counter() - began
-                streamed = (
-                    records_per_day(
-                        batch.layout.stream_archive(streamed_source),
-                        first,
-                        last,
-                        batch.layout.storage_options,
-                    )
-                    if streamed_source
-                    else {}
-                )
                 if pending is not None:
                     record(pending)
-                pending = _Chunk(first, last, outcome, seconds, inputs, streamed)
+                pending = _Chunk(first, last, outcome, seconds, inputs)
                 del outcome
             if pending is not None:
                 record(pending)

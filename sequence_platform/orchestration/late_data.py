@@ -61,13 +61,13 @@ def latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> d
     return found
 
 
-def _busy(instance: dg.DagsterInstance) -> set[str]:
-    """Assets that a queued or running run writes (a run without a selection: all)."""
+def _busy(instance: dg.DagsterInstance, assets: set[str]) -> set[str]:
+    """Assets that a queued or running run writes (a run without a selection: all ``assets``)."""
     busy: set[str] = set()
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE), limit=200):
         selection = run.asset_selection
         if selection is None:
-            return {"*"}
+            return set(assets)
         busy |= {key.to_user_string() for key in selection}
     return busy
 
@@ -162,9 +162,7 @@ def late_data_sensor(catalog: Catalog, job_name: str, interval_seconds: int) -> 
         }
         batch = platform.batch_context(catalog)
         stale = stale_days(batch, built, fingerprints)
-        busy = _busy(instance)
-        if "*" in busy:
-            busy = set(asset_reads(catalog))
+        busy = _busy(instance, set(built))
         requests: list[dg.RunRequest] = []
         notes: list[str] = []
         for rebuild in plan_rebuilds(catalog, stale, built, busy):

@@ -114,7 +114,6 @@ def stream_assets(
 
 def _report(
     context: dg.AssetExecutionContext,
-    catalog: Catalog,
     platform: PlatformResource,
     source: SourceSpec,
     outcome: MicroBatchOutcome,
@@ -125,12 +124,12 @@ def _report(
         f"{outcome.valid} events, {outcome.rejected} dead letters, "
         f"{len(outcome.appended)} tables appended in {outcome.seconds:.2f}s"
     )
-    for event in partition_events(catalog, platform.layout, source, outcome):
+    for event in partition_events(platform.layout, source, outcome):
         context.log_event(event)
 
 
 def partition_events(
-    catalog: Catalog, layout: TableLayout, source: SourceSpec, outcome: MicroBatchOutcome
+    layout: TableLayout, source: SourceSpec, outcome: MicroBatchOutcome
 ) -> list[dg.AssetMaterialization]:
     """The days of the stream archive and of the dead letters a micro-batch appended to."""
     offsets = f"{source.topic_name}/{outcome.partition}@{outcome.start}..{outcome.end - 1}"
@@ -221,7 +220,7 @@ def microbatch_job(
         appended: dict[str, _Appended] = {s.name: _Appended() for s in signals}
 
         def take(outcome: MicroBatchOutcome) -> None:
-            _report(context, catalog, platform, source, outcome)
+            _report(context, platform, source, outcome)
             for signal in signals:
                 rows = outcome.appended.get(platform.layout.realtime(signal.name))
                 if rows is not None:
@@ -415,7 +414,7 @@ class IndexerReporter:
         signals: dict[str, _Appended] = {}
         for outcome in outcomes:
             source = self.catalog.sources[outcome.source]
-            for event in partition_events(self.catalog, self.layout, source, outcome):
+            for event in partition_events(self.layout, source, outcome):
                 where = (event.asset_key, str(event.partition))
                 rows = event.metadata["rows_appended"].value
                 days[where] = days.get(where, 0) + (rows if isinstance(rows, int) else 0)

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 
 import dagster as dg
 
-from sequence_platform.engine.skew import SAMPLE_USERS, JsonValue, ServedSkew, SignalSkew
+from sequence_platform.engine.skew import JsonValue, ServedSkew, SignalSkew
 from sequence_platform.orchestration.checks import partitioned_specs
 from sequence_platform.runtime.skew import served_skew, signal_skew
 from sequence_platform.spec.catalog import Catalog
@@ -65,7 +65,6 @@ def skew_check_results(
     *,
     run_started: datetime | None,
     streamed: bool = True,
-    sample: int = SAMPLE_USERS,
 ) -> list[dg.AssetCheckResult]:
     """The asset's skew check results for ``day`` (none for an asset without skew checks).
 
@@ -90,7 +89,7 @@ def skew_check_results(
         found = signal_skew(layout, catalog, name, day, before=run_started)
         check = REALTIME_MATCHES_BATCH
     elif family == "sequences":
-        found = served_skew(layout, catalog, name, day, sample=sample, before=run_started)
+        found = served_skew(layout, catalog, name, day, before=run_started)
         check = SERVED_MATCHES_SNAPSHOT
     else:
         return []

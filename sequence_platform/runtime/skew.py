@@ -51,7 +51,6 @@ def signal_skew(
     day: date,
     *,
     before: datetime | None = None,
-    examples: int = EXAMPLES,
 ) -> SignalSkew:
     """``realtime/<signal>`` against ``signals/<signal>`` for ``day``, by ``event_id``.
 
@@ -66,7 +65,7 @@ def signal_skew(
         schema.names(),
         streamed=side.streamed,
         pruned=side.maybe_pruned,
-        examples=examples,
+        examples=EXAMPLES,
     )
 
 
@@ -78,7 +77,6 @@ def served_skew(
     *,
     sample: int = SAMPLE_USERS,
     before: datetime | None = None,
-    examples: int = EXAMPLES,
 ) -> ServedSkew:
     """What serving answered at ``day``'s cutoff from the previous day's snapshot plus the
     real-time tail, against the new snapshot of ``day``, for a fixed sample of the users with
@@ -123,7 +121,7 @@ def served_skew(
         spec.stored_fields,
         candidates=candidates.len(),
         not_streamed=left_out,
-        examples=examples,
+        examples=EXAMPLES,
     )
 
 
