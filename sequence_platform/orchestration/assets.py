@@ -121,18 +121,6 @@ def _day_metadata(
     }
 
 
-def _streamed_source(catalog: Catalog, group: str, name: str) -> str | None:
-    """The source whose stream a signal or sequence asset's skew checks compare with, None
-    for other assets."""
-    if group == "signals":
-        source = catalog.signals[name].source
-    elif group == "sequences":
-        source = catalog.signals[catalog.sequences[name].signal].source
-    else:
-        return None
-    return source
-
-
 def _dead_letters_written(name: str, day: date, rows: int) -> dg.AssetMaterialization:
     return dg.AssetMaterialization(
         asset_key=dead_letters_key(name),
@@ -173,7 +161,7 @@ def _daily_asset(
     finisher: Finisher | None = None,
 ) -> dg.AssetsDefinition:
     specs = checks.check_specs(key, rules, partitions) + skew.skew_check_specs(key, partitions)
-    streamed_source = _streamed_source(catalog, group, name)
+    streamed_source = skew.streamed_source(catalog, key)
 
     def _materialize(
         context: dg.AssetExecutionContext, platform: PlatformResource

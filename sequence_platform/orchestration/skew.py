@@ -39,14 +39,24 @@ DESCRIPTIONS = {
 }
 
 
+SKEW_CHECKS = {"signals": REALTIME_MATCHES_BATCH, "sequences": SERVED_MATCHES_SNAPSHOT}
+"""The skew check of each asset family that has one."""
+
+
 def skew_check_names(key: dg.AssetKey) -> list[str]:
     """The skew checks of an asset: one for a signal, one for a sequence, none otherwise."""
     family = key.path[0]
+    return [SKEW_CHECKS[family]] if family in SKEW_CHECKS else []
+
+
+def streamed_source(catalog: Catalog, key: dg.AssetKey) -> str | None:
+    """The source whose stream the asset's skew check compares with (None without one)."""
+    family, name = key.path[0], key.path[-1]
     if family == "signals":
-        return [REALTIME_MATCHES_BATCH]
+        return catalog.signals[name].source
     if family == "sequences":
-        return [SERVED_MATCHES_SNAPSHOT]
-    return []
+        return catalog.signals[catalog.sequences[name].signal].source
+    return None
 
 
 def skew_check_specs(
@@ -87,12 +97,11 @@ def skew_check_results(
         ]
     if family == "signals":
         found = signal_skew(layout, catalog, name, day, before=run_started)
-        check = REALTIME_MATCHES_BATCH
     elif family == "sequences":
         found = served_skew(layout, catalog, name, day, before=run_started)
-        check = SERVED_MATCHES_SNAPSHOT
     else:
         return []
+    check = SKEW_CHECKS[family]
     return [
         dg.AssetCheckResult(
             asset_key=key,
