@@ -194,13 +194,15 @@ def _daily_asset(
 
         def record(chunk: _Chunk) -> None:
             """A written chunk's figures and checks, day by day (once its write committed)."""
+            # The rules look at the rows themselves: checked while the write goes on.
+            by_day = split_days(chunk.outcome.written)
+            empty = chunk.outcome.written.clear()
+            found = {day: checker(by_day.get(day, empty)) for day in chunk.days}
             stats = chunk.outcome.stats.result()
             if chunk.outcome.dead_letters is not None:
                 chunk.outcome.dead_letters.result()  # recorded below once committed
             seconds = chunk.seconds + stats.seconds
             label = chunk.label
-            by_day = split_days(chunk.outcome.written)
-            empty = chunk.outcome.written.clear()
             total = sum(rows_per_day.get(day, 0) for day in chunk.days)
             for day in chunk.days:
                 share = rows_per_day.get(day, 0) / total if total else 1 / len(chunk.days)
@@ -210,8 +212,8 @@ def _daily_asset(
                     ),
                     partition_key=day.isoformat(),
                 )
-                written = by_day.get(day, empty)
-                found = checker(written) + skew.skew_check_results(
+                # Skew checks read the tables, this one included: after the commit.
+                found[day] += skew.skew_check_results(
                     batch.layout,
                     catalog,
                     key,
@@ -219,7 +221,7 @@ def _daily_asset(
                     run_started=started,
                     streamed=day in streamed,
                 )
-                evaluations.extend(_evaluation(key, day, result) for result in found)
+                evaluations.extend(_evaluation(key, day, result) for result in found[day])
                 if chunk.outcome.dead_letters is not None:
                     rejected = chunk.outcome.counts.get("dead_letters", {}).get(day, 0)
                     context.log_event(_dead_letters_written(name, day, rejected))

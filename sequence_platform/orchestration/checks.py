@@ -87,7 +87,10 @@ def schema_check(written: pl.DataFrame, expected: pl.Schema) -> dg.AssetCheckRes
 
 
 def unique_check(written: pl.DataFrame, keys: Sequence[str]) -> dg.AssetCheckResult:
-    duplicates = written.height - written.select(DT, *keys).n_unique()
+    """``written``: one day's rows (the partition the result belongs to)."""
+    # A single key is counted by hashing the column itself, several times faster than rows.
+    distinct = written[keys[0]].n_unique() if len(keys) == 1 else written.select(keys).n_unique()
+    duplicates = written.height - distinct
     return dg.AssetCheckResult(
         check_name=UNIQUE,
         passed=duplicates == 0,

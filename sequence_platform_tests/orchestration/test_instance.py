@@ -133,3 +133,57 @@ def test_a_home_gets_the_platform_config_unless_it_has_its_own(tmp_path: Path) -
         assert "PooledSqliteEventLogStorage" in (home / "dagster.yaml").read_text()
         assert str(home.absolute() / "history" / "runs") in (home / "dagster.yaml").read_text()
     assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
+
+
+def test_a_second_run_of_the_days_becomes_their_latest_for_both_storages(tmp_path: Path) -> None:
+    """The asset's row is inserted by its first event and updated by every later one (an
+    upsert here, an insert that fails then an update in Dagster's class)."""
+    prepare_dagster_home(tmp_path)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        run_range(instance)
+        second = run_range(instance)
+    theirs = SqliteEventLogStorage(str(tmp_path / "history" / "runs"))
+    [record] = theirs.get_asset_records([dg.AssetKey("days")])
+    latest = record.asset_entry.last_materialization_record
+    assert latest is not None and latest.run_id == second
+    assert latest.partition_key == "2026-03-04"
+    assert record.asset_entry.last_run_id == second
+
+
+def test_a_batch_of_events_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    prepare_dagster_home(tmp_path / "source")
+    with dg.DagsterInstance.from_config(str(tmp_path / "source")) as instance:
+        run_id = run_range(instance)
+        events = [
+            entry
+            for entry in instance.all_logs(run_id)
+            if entry.dagster_event is not None and entry.dagster_event.is_step_materialization
+        ]
+    assert len(events) == 4
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "copy"))
+    stored = 0
+    store_asset_event = storage._store_asset_event
+
+    def failing_third(conn, event, event_id):  # type: ignore[no-untyped-def]
+        nonlocal stored
+        stored += 1
+        if stored == 3:
+            raise OSError("disk full")
+        store_asset_event(conn, event, event_id)
+
+    storage._store_asset_event = failing_third  # type: ignore[method-assign]
+    try:
+        storage.store_event_batch(events)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the batch should have failed")
+    assert storage.get_logs_for_run(run_id) == []
+    assert storage.get_asset_records([dg.AssetKey("days")]) == []
+
+    storage._store_asset_event = store_asset_event  # type: ignore[method-assign]
+    storage.store_event_batch(events)
+    assert len(storage.get_logs_for_run(run_id)) == 4
+    [record] = storage.get_asset_records([dg.AssetKey("days")])
+    assert record.asset_entry.last_materialization_record.partition_key == "2026-03-04"  # type: ignore[union-attr]
+    storage.dispose()
