@@ -532,13 +532,9 @@ def _training_set(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from sequence_platform.serving.app import serve
 
-    serve(
-        PlatformSettings(),
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=args.access_log,
-    )
+    # --access-log turns the access log on; without it, SEQUENCE_PLATFORM_ACCESS_LOG decides.
+    settings = PlatformSettings(access_log=True) if args.access_log else PlatformSettings()
+    serve(settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

@@ -66,8 +66,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Read every table once before taking requests: with several workers, each worker
         # accepts connections only when it can answer (a table it cannot read is reported by
-        # /readyz, as ever, and retried by the refresher).
-        await asyncio.to_thread(refresher.refresh)
+        # /readyz, as ever, and retried by the refresher, which starts an interval later).
+        await asyncio.to_thread(store.refresh)
         refresher.start()
         try:
             yield
@@ -115,20 +115,17 @@ def serve(
     port: int = 8000,
     *,
     workers: int = 1,
-    access_log: bool = False,
 ) -> None:
     """Run the read service with uvicorn until interrupted, in ``workers`` processes.
 
     Each worker keeps its own small state (versions, real-time rows, feature versions) and maps
     the same snapshot files, so memory does not grow with the number of workers. Requests are
-    counted and timed in ``/metrics``; a log line per request (``access_log``, or
-    ``settings.access_log``) is a measurable share of a fetch's time (see the README), so it
-    is off unless asked for. Every log line is a JSON object on stderr (see ``logs``).
+    counted and timed in ``/metrics``; a log line per request (``settings.access_log``) is a
+    measurable share of a fetch's time (see the README), so it is off unless asked for. Every
+    log line is a JSON object on stderr (see ``logs``).
     """
     log_json_to_stderr()
     settings = settings or PlatformSettings()
-    if access_log:
-        settings = settings.model_copy(update={"access_log": True})
     catalog = load_catalog(settings.definitions)
     _warn_about_tables(settings, catalog)
     options: dict[str, Any] = {

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from deltalake.exceptions import DeltaError
+
+UNAVAILABLE_DATA_ERRORS: tuple[type[Exception], ...] = (DeltaError, OSError)
+"""Errors of reading a table on a request that mean its data is unavailable right now (a file
+vacuumed while it was read, a log being rewritten, storage unreachable): a 503 to retry. Any
+other error is a bug, and a 500."""
+
 
 class ServingError(Exception):
     """A request the service answers with an error status and a message, never a 500."""

@@ -23,7 +23,7 @@ import polars as pl
 
 from sequence_platform.engine.sequence import LENGTH, sequences_at
 from sequence_platform.runtime.reads import Reader
-from sequence_platform.serving.errors import NotLoaded
+from sequence_platform.serving.errors import UNAVAILABLE_DATA_ERRORS, NotLoaded
 from sequence_platform.serving.store import Snapshot, rows_of_keys
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
@@ -78,7 +78,7 @@ class PastReads:
         # Sorted by user, stably: the order within a user is the merge's priority order.
         try:
             rows = self.reader.batch_rows_for_day(spec, day).collect()
-        except Exception as error:
+        except UNAVAILABLE_DATA_ERRORS as error:
             # A file vacuumed while it was read (a user forgotten meanwhile, say): transient.
             log.warning("reading the batch rows of %s for %s failed: %s", spec.name, day, error)
             raise NotLoaded(

@@ -138,8 +138,8 @@ class StoreCollector(Collector):
 
         table_rows = GaugeMetricFamily(
             f"{PREFIX}_table_rows",
-            "Rows in memory per table (snapshot: latest partition; dead letters: records "
-            "counted from the Delta log, not held).",
+            "Rows in memory per table the service reads (snapshot: latest partition); dead "
+            f"letters are counted in {PREFIX}_dead_letters.",
             labels=["kind", "table"],
         )
         errors = CounterMetricFamily(
@@ -158,9 +158,10 @@ class StoreCollector(Collector):
             "0 before the first read and while it cannot (the service keeps what it read before).",
             labels=["kind", "table"],
         )
+        for held in self.store.tables():
+            table_rows.add_metric([held.status.kind, held.status.name], held.status.rows)
         for watched in self.store.watched():
             status = watched.status
-            table_rows.add_metric([status.kind, status.name], status.rows)
             errors.add_metric([status.kind, status.name], status.errors)
             loaded.add_metric([status.kind, status.name], 1 if status.loaded else 0)
             readable.add_metric(

@@ -11,7 +11,11 @@ log = logging.getLogger(__name__)
 
 
 class StoreRefresher:
-    """Refreshes ``store`` at once, then every ``interval`` seconds until stopped."""
+    """Refreshes ``store`` every ``interval`` seconds until stopped.
+
+    The first refresh is the caller's: the app's lifespan reads every table before it takes
+    requests, so the thread waits an interval before its first round.
+    """
 
     def __init__(self, store: SnapshotStore, interval: float) -> None:
         if interval <= 0:
@@ -34,29 +38,10 @@ class StoreRefresher:
             self._thread.join(timeout)
             self._thread = None
 
-    def refresh(self) -> None:
-        """One refresh of every table, each table reloaded logged (a line per table)."""
-        for status in self.store.refresh():
-            version = "absent" if status.version is None else f"version {status.version}"
-            log.info(
-                "loaded %s table %s (%s)",
-                status.kind,
-                status.name,
-                version,
-                extra={
-                    "event": "refresh",
-                    "kind": status.kind,
-                    "table": status.name,
-                    "version": status.version,
-                    "rows": status.rows,
-                },
-            )
-
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval):
             try:
-                self.refresh()
+                self.store.refresh()  # logs each table it reloads
             except Exception:
                 # Per-table failures are caught in the store; this is a bug, keep refreshing.
                 log.exception("store refresh failed")
-            self._stop.wait(self.interval)

@@ -47,7 +47,7 @@ from sequence_platform.serving.columns import (
     with_json,
     with_json_lists,
 )
-from sequence_platform.serving.errors import NotLoaded
+from sequence_platform.serving.errors import UNAVAILABLE_DATA_ERRORS, NotLoaded
 from sequence_platform.serving.snapshot_files import MappedTable, SnapshotFiles
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import FeatureTableSpec, SequenceSpec
@@ -470,7 +470,7 @@ class SnapshotTable(WatchedTable):
         try:
             window = self._window_files(state.files, day)
             snapshot = Snapshot(self._combined(state.table, day, window), day, key[0])
-        except Exception as error:
+        except UNAVAILABLE_DATA_ERRORS as error:
             log.warning("reading snapshot %s of %s failed: %s", day, self.spec.name, error)
             raise NotLoaded(
                 f"the snapshot of '{self.spec.name}' for {day} cannot be read right now; retry"
@@ -781,6 +781,24 @@ class TombstoneTable(WatchedTable):
 # -- the store -------------------------------------------------------------------------------
 
 
+def log_reload(status: TableStatus) -> None:
+    """One ``"event": "refresh"`` line for a table reloaded (see the README's logs)."""
+    version = "absent" if status.version is None else f"version {status.version}"
+    log.info(
+        "loaded %s table %s (%s)",
+        status.kind,
+        status.name,
+        version,
+        extra={
+            "event": "refresh",
+            "kind": status.kind,
+            "table": status.name,
+            "version": status.version,
+            "rows": status.rows,
+        },
+    )
+
+
 class SnapshotStore:
     """Every table the read service needs for a catalog, kept in memory.
 
@@ -833,7 +851,8 @@ class SnapshotStore:
         yield from self.dead_letters.values()
 
     def refresh(self) -> list[TableStatus]:
-        """Check every table once; reload those whose version changed. Returns the reloaded."""
+        """Check every table once; reload those whose version changed, each logged (a line per
+        table, whoever asked: the refresher or the admin endpoint). Returns the reloaded."""
         # Snapshots last: they take longest to load (a new day is combined and encoded), and
         # the small tables are served meanwhile.
         ordered = [
@@ -857,6 +876,8 @@ class SnapshotStore:
                 removed = self.files.remove_unused(force=forgot, older_than=0 if forgot else None)
                 for path in removed:
                     log.info("removed unused snapshot file %s", path)
+        for status in reloaded:
+            log_reload(status)
         return reloaded
 
     def drop_cached_reads(self) -> None:

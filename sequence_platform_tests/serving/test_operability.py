@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 import polars as pl
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sequence_platform import cli
 from sequence_platform.engine.decode import ORIGIN, REASON, RECORD
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.serving import create_app
@@ -135,6 +137,10 @@ def test_metrics_latency_per_route_and_sequence_snapshot_age_lag_and_dead_letter
         assert low <= lag <= high
         assert value(found, "sequence_platform_dead_letters", source="engagement") == 3
         assert value(found, "sequence_platform_dead_letters", source="items") == 0
+        # Counted in one place: table_rows has the tables the service reads, not dead letters.
+        kinds = label_values(found, "sequence_platform_table_rows", "kind")
+        assert kinds == {"sequence", "realtime", "features"}
+        assert value(found, "sequence_platform_table_rows", kind="sequence", table="recent_saves")
 
         # Dead letters are followed with the tables' versions, not read per request.
         write_dead_letters(layout, "items", D2, ["updated_at is null", "item_id is not an int"])
@@ -259,6 +265,23 @@ def test_serve_without_access_log_still_logs_refreshes_and_errors_as_json(
     failed = [line for line in lines if line.get("event") == "refresh_failed"]
     assert failed and failed[0]["level"] == "WARNING"
     assert (failed[0]["kind"], failed[0]["table"]) == ("features", "items")
+
+
+def test_the_serve_command_turns_the_access_log_on_through_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[PlatformSettings] = []
+
+    def serve(settings: PlatformSettings, host: str, port: int, *, workers: int) -> None:
+        served.append(settings)
+
+    monkeypatch.setattr("sequence_platform.serving.app.serve", serve)
+    monkeypatch.delenv("SEQUENCE_PLATFORM_ACCESS_LOG", raising=False)
+    assert cli.main(["serve"]) == 0
+    assert cli.main(["serve", "--access-log"]) == 0
+    monkeypatch.setenv("SEQUENCE_PLATFORM_ACCESS_LOG", "true")
+    assert cli.main(["serve"]) == 0
+    assert [settings.access_log for settings in served] == [False, True, True]
 
 
 def test_docs_and_redoc_use_only_local_files(served: Served) -> None:

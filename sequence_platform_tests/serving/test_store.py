@@ -95,6 +95,28 @@ def test_older_snapshots_are_cached_by_version_and_day(tmp_path: Path, catalog: 
     assert table.latest.frame is unchanged.frame
 
 
+def test_an_older_snapshot_is_not_loaded_only_when_storage_fails(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = TableLayout(str(tmp_path / "tables"))
+    write_data_home(catalog, layout)
+    store = SnapshotStore(catalog, layout)
+    store.refresh()
+    table = store.snapshots["recent_saves"]
+    at = datetime(2026, 3, 2, 12, tzinfo=UTC)  # before the latest cutoff: the D1 snapshot
+    failure: list[Exception] = [FileNotFoundError(2, "No such file or directory")]
+
+    def combined(*_: object) -> None:
+        raise failure[0]
+
+    monkeypatch.setattr(table, "_combined", combined)
+    with pytest.raises(NotLoaded, match="cannot be read right now"):
+        table.snapshot_at(at)
+    failure[:] = [KeyError("a bug")]
+    with pytest.raises(KeyError, match="a bug"):
+        table.snapshot_at(at)
+
+
 def test_a_table_that_cannot_be_read_is_reported_and_retried(
     tmp_path: Path, catalog: Catalog
 ) -> None:
