@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time
 import dagster as dg
 
 from sequence_platform.orchestration.assets import build_assets
+from sequence_platform.orchestration.keys import daily_batch
 from sequence_platform.orchestration.late_data import late_data_sensor
 from sequence_platform.orchestration.maintenance import maintenance_jobs, maintenance_schedules
 from sequence_platform.orchestration.orphans import orphaned_runs_sensor
@@ -21,8 +22,6 @@ from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.loader import load_catalog
 
 BATCH_JOB = "daily_batch"
-DAILY_GROUPS = ("events", "features", "signals", "sequences", "training")
-"""The groups of the assets a day's batch computes."""
 
 
 def daily_partitions(settings: PlatformSettings) -> dg.DailyPartitionsDefinition:
@@ -51,10 +50,9 @@ def build_definitions(
         *stream_assets(catalog, partitions, kafka=settings.kafka_bootstrap is not None),
         *realtime,
     ]
-    computed = dg.AssetSelection.groups(*DAILY_GROUPS)
     batch_job = dg.define_asset_job(
         BATCH_JOB,
-        selection=computed,
+        selection=daily_batch(),
         description="Every computed asset for one day: events, features, signals, sequences.",
     )
     maintenance = maintenance_jobs(catalog)

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
+DAILY_GROUPS = ("events", "features", "signals", "sequences", "training")
+"""The families a day's batch computes (landing is external; the real-time tables and dead
+letters are written by others). The batch job, the schedule and ``materialize`` select these."""
+
+
+def daily_batch() -> dg.AssetSelection:
+    return dg.AssetSelection.groups(*DAILY_GROUPS)
+
 
 def landing_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["landing", name])

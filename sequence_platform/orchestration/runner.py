@@ -11,6 +11,7 @@ from datetime import date
 
 import dagster as dg
 
+from sequence_platform.orchestration.keys import daily_batch
 from sequence_platform.orchestration.orphans import PROCESS_TAG, this_process
 
 PROGRESS_LOGGER = "sequence_platform.progress"
@@ -35,14 +36,10 @@ class AssetRun:
 
 
 def computed_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
-    """Every asset a day's batch computes, upstream first (external assets, and the real-time
-    tables that micro-batches write, left out)."""
+    """Every asset a day's batch computes (the daily batch job's selection), upstream first."""
     graph = defs.resolve_asset_graph()
-    return [
-        key
-        for key in graph.toposorted_asset_keys
-        if graph.get(key).is_materializable and graph.get(key).partitions_def is not None
-    ]
+    batch = daily_batch().resolve(graph)
+    return [key for key in graph.toposorted_asset_keys if key in batch]
 
 
 def materialize_days(
