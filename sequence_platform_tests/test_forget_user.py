@@ -478,3 +478,35 @@ def test_forgetting_while_micro_batches_append_loses_nothing_else(
 def indexer_offsets(indexer: ContinuousIndexer, catalog: Catalog) -> dict[str, int]:
     writer = RealtimeWriter(catalog, indexer.layout, indexer.stream)
     return writer.committed_offsets("engagement", 0)
+
+
+def test_rows_committed_between_reading_keys_and_deleting_them_go_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's rows committed after the deletion read its keys (by a writer the fence did not
+    stop): the deletion, made on the newer version, does not know their keys, so the table is
+    read again and they go in another round."""
+    import deltalake
+
+    from sequence_platform.runtime import forget
+
+    uri = str(tmp_path / "events/engagement")
+    frame = pl.DataFrame({"dt": [D1, D1], "user_id": [FORGOTTEN, KEPT]})
+    deltalake.write_deltalake(uri, frame.to_arrow(), partition_by=["dt"])
+    real_keys = forget._keys_of
+    late = pl.DataFrame({"dt": [D1], "user_id": [BY_COMMAND]})
+    reads: list[list[object]] = []
+
+    def keys_then_a_late_commit(table: deltalake.DeltaTable, users: pl.Series) -> Any:
+        keys = real_keys(table, users)
+        if not reads:
+            deltalake.write_deltalake(uri, late.to_arrow(), mode="append", partition_by=["dt"])
+        reads.append([] if keys is None else keys.to_series().to_list())
+        return keys
+
+    monkeypatch.setattr(forget, "_keys_of", keys_then_a_late_commit)
+    users = pl.Series([FORGOTTEN, BY_COMMAND], dtype=pl.Int64)
+    purged = forget.purge_table("events/engagement", uri, users)
+    assert reads == [[FORGOTTEN], [BY_COMMAND], [BY_COMMAND]]
+    assert purged.rows_deleted == 2
+    assert pl.read_delta(uri)["user_id"].to_list() == [KEPT]

@@ -44,7 +44,12 @@ from sequence_platform.runtime.tombstones import (
     record_tombstones,
     user_ids,
 )
-from sequence_platform.storage.delta import COMMIT_ATTEMPTS, delete_keys, open_table
+from sequence_platform.storage.delta import (
+    COMMIT_ATTEMPTS,
+    delete_matching,
+    open_table,
+    retry_commits,
+)
 from sequence_platform.storage.layout import TOMBSTONES, TableLayout
 from sequence_platform.storage.maintenance import vacuum_table
 
@@ -80,6 +85,10 @@ class ForgetOutcome:
 class ForgetIncomplete(RuntimeError):
     """A table kept changing under the deletion; the tombstones stay, and running the forget
     again completes it."""
+
+
+class _RowsLeft(Exception):
+    """The table still holds rows of the users after a deletion: the keys are read again."""
 
 
 def forget_users(
@@ -138,24 +147,36 @@ def purge_table(
         return TablePurge(name, 0, 0)  # no such table, or one that holds no user's rows
     _fence(table, storage_options)
     deleted = 0
-    for attempt in range(COMMIT_ATTEMPTS + 1):
-        table = open_table(uri, storage_options)
-        keys = None if table is None else _keys_of(table, users)
+
+    def delete(fresh: DeltaTable) -> None:
+        nonlocal deleted
+        keys = _keys_of(fresh, users)
         if keys is None or keys.is_empty():
-            break
-        if attempt == COMMIT_ATTEMPTS:
-            raise ForgetIncomplete(
-                f"{uri} still holds rows of user(s) {users.to_list()} after "
-                f"{COMMIT_ATTEMPTS} attempts (writers kept committing); run the forget again"
-            )
-        try:
-            # Keys read from this version; a writer that appends before the deletion commits
-            # makes Delta refuse it, and the keys are read again from the newer version.
-            deleted += delete_keys(uri, keys, keys.columns[0], storage_options, attempts=1)
-        except CommitFailedError:
-            time.sleep(0.05 * (attempt + 1))
+            return
+        read = fresh.version()
+        # The deletion is made on the newest version: a writer that appends before it commits
+        # makes Delta refuse it, and the keys are read again from the newer version.
+        fresh.update_incremental()
+        moved = fresh.version() != read
+        deleted += delete_matching(fresh, keys, keys.columns[0])
+        if moved:
+            # Rows committed after the keys were read may hold keys not among them; with no
+            # commit in between, the deletion took every row of the users.
+            fresh.update_incremental()
+            left = _keys_of(fresh, users)
+            if left is not None and not left.is_empty():
+                raise _RowsLeft
+
+    try:
+        retry_commits(delete, table, retry_on=(CommitFailedError, _RowsLeft))
+    except (CommitFailedError, _RowsLeft) as error:
+        raise ForgetIncomplete(
+            f"{uri} still holds rows of user(s) {users.to_list()} after "
+            f"{COMMIT_ATTEMPTS} attempts (writers kept committing); run the forget again"
+        ) from error
     vacuumed = len(vacuum_table(uri, 0, storage_options) or [])
-    return TablePurge(name, deleted, vacuumed + _sweep_orphans(name, uri, users, storage_options))
+    swept = _sweep_orphans(name, uri, table, users, storage_options)
+    return TablePurge(name, deleted, vacuumed + swept)
 
 
 def _fence(table: DeltaTable, storage_options: dict[str, str] | None) -> None:
@@ -174,18 +195,20 @@ def _fence(table: DeltaTable, storage_options: dict[str, str] | None) -> None:
 
 
 def _sweep_orphans(
-    name: str, uri: str, users: pl.Series, storage_options: dict[str, str] | None
+    name: str,
+    uri: str,
+    table: DeltaTable,
+    users: pl.Series,
+    storage_options: dict[str, str] | None,
 ) -> int:
-    """Remove the data files no version references (a writer's commit failed after it wrote
-    them) that hold rows of ``users``; the number removed.
+    """Remove the data files the newest version of ``table`` (at ``uri``) does not reference (a
+    writer's commit failed after it wrote them) that hold rows of ``users``; the number removed.
 
     In the tables only micro-batches append to, any such file is doomed (see ``_fence``); in
     the others, a batch run may be about to commit a file it just wrote, so only files older
     than ``ORPHAN_AGE_SECONDS`` go.
     """
-    table = open_table(uri, storage_options)
-    if table is None:
-        return 0
+    table.update_incremental()
     unreferenced = table.vacuum(
         retention_hours=0, enforce_retention_duration=False, dry_run=True, full=True
     )

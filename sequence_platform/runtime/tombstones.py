@@ -14,7 +14,6 @@ is nobody's).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -22,11 +21,10 @@ from typing import TypeVar
 import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError
 
 from sequence_platform.engine.decode import RECORD
 from sequence_platform.spec.types import INT64_MAX, INT64_MIN
-from sequence_platform.storage.delta import COMMIT_ATTEMPTS, DT, ensure_table, open_table
+from sequence_platform.storage.delta import DT, ensure_table, open_table, retry_commits
 from sequence_platform.storage.layout import TableLayout
 
 USER_ID = "user_id"
@@ -158,22 +156,18 @@ def mark_purged(layout: TableLayout, users: pl.Series, at: datetime) -> None:
             PURGED_AT: pa.array([at] * users.len(), pa.timestamp("us", "UTC")),
         }
     )
-    for attempt in range(COMMIT_ATTEMPTS):
-        try:
-            (
-                table.merge(
-                    source,
-                    predicate=f"t.{USER_ID} = s.{USER_ID}",
-                    source_alias="s",
-                    target_alias="t",
-                )
-                .when_matched_update({PURGED_AT: f"s.{PURGED_AT}"}, f"t.{PURGED_AT} IS NULL")
-                .execute()
+
+    def mark(fresh: DeltaTable) -> None:
+        (
+            fresh.merge(
+                source,
+                predicate=f"t.{USER_ID} = s.{USER_ID}",
+                source_alias="s",
+                target_alias="t",
             )
-            return
-        except CommitFailedError:
-            # Another forget appended its tombstones meanwhile: mark again on the new version.
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-            table.update_incremental()
+            .when_matched_update({PURGED_AT: f"s.{PURGED_AT}"}, f"t.{PURGED_AT} IS NULL")
+            .execute()
+        )
+
+    # Another forget appending its tombstones meanwhile means marking again on the new version.
+    retry_commits(mark, table)

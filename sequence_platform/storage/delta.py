@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -19,6 +20,10 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 DT = "dt"
 COMMIT_ATTEMPTS = 8
 """How often a writer that lost a commit race checks again and retries."""
+RETRY_PAUSE_SECONDS = 0.05
+"""The pause before the first retry of a lost commit; each later one waits this much longer."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,30 @@ def open_table(uri: str, storage_options: dict[str, str] | None = None) -> Delta
         return None
 
 
+def retry_commits(
+    attempt: Callable[[DeltaTable], T],
+    table: DeltaTable,
+    attempts: int = COMMIT_ATTEMPTS,
+    *,
+    retry_on: tuple[type[Exception], ...] = (CommitFailedError,),
+) -> T:
+    """``attempt(table)``, made again on the table's newest version each time a concurrent
+    commit wins the race (Delta refuses ``attempt``'s commit), after a pause that grows with
+    each try; after ``attempts`` tries the last refusal is raised.
+
+    ``attempt`` reads what it commits on from the table it is given, so a retry re-checks
+    everything against the new version. ``retry_on`` is what counts as a lost race; a caller
+    may count its own finding too (a deletion that left rows behind, say).
+    """
+    for tried in range(1, attempts):
+        try:
+            return attempt(table)
+        except retry_on:
+            time.sleep(RETRY_PAUSE_SECONDS * tried)
+            table.update_incremental()
+    return attempt(table)
+
+
 def overwrite_days(
     uri: str,
     frame: pl.DataFrame,
@@ -76,43 +105,37 @@ def overwrite_days(
     the rows again before every commit attempt (a user forgotten meanwhile stays out).
     """
     began = time.perf_counter()
-    if keep is not None:
-        frame = keep(frame)
-    rows = frame.to_arrow()
     predicate = days_predicate(start, end)
     if only_where:
         predicate = f"{predicate} AND {only_where}"
     # Always a predicate overwrite, even on a table's first write: a whole-table overwrite
     # would wipe the days another writer committed since this one looked.
-    table = ensure_table(uri, rows.schema, storage_options)
-    for attempt in range(COMMIT_ATTEMPTS):
-        try:
-            write_deltalake(
-                table,
-                rows,
-                mode="overwrite",
-                predicate=predicate,
-                partition_by=[DT],
-                storage_options=storage_options or None,
-                # No rebase inside delta-rs: every retry comes back here, where ``keep`` runs
-                # again (a forget's fence commit then reaches batch writes too).
-                commit_properties=CommitProperties(max_commit_retries=0),
-            )
-            break
-        except CommitFailedError:
-            # A concurrent commit touched these days (a compaction rewrote their files, an
-            # append added to them): replacing them again on the new version is the same write.
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-            table.update_incremental()
-            if keep is not None:
-                frame = keep(frame)
-                rows = frame.to_arrow()
+    table = ensure_table(uri, frame.clear().to_arrow().schema, storage_options)
+
+    def overwrite(fresh: DeltaTable) -> pl.DataFrame:
+        # Filtered after the version this commit is made on was read: a forget whose tombstone
+        # ``keep`` missed has fenced that version since, and Delta refuses the commit.
+        kept = frame if keep is None else keep(frame)
+        write_deltalake(
+            fresh,
+            kept.to_arrow(),
+            mode="overwrite",
+            predicate=predicate,
+            partition_by=[DT],
+            storage_options=storage_options or None,
+            # No rebase inside delta-rs: every retry comes back here, where ``keep`` runs
+            # again (a forget's fence commit then reaches batch writes too).
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
+        return kept
+
+    # A concurrent commit that touched these days (a compaction rewrote their files, an append
+    # added to them) refuses the write: replacing them again on the new version is the same.
+    written = retry_commits(overwrite, table)
     table.update_incremental()
-    days = day_stats(table, frame, start, end)
+    days = day_stats(table, written, start, end)
     return WriteStats(
-        rows=frame.height,
+        rows=written.height,
         bytes=sum(day.bytes for day in days.values()),
         files=sum(day.files for day in days.values()),
         version=table.version(),
@@ -171,30 +194,26 @@ def append_once(
     commit = CommitProperties(app_transactions=[Transaction(app_id, version)], max_commit_retries=0)
     rows = frame.to_arrow()
     table = ensure_table(uri, rows.schema, storage_options)
-    for attempt in range(COMMIT_ATTEMPTS):
-        if (table.transaction_version(app_id) or 0) >= version:
+
+    def append(fresh: DeltaTable) -> bool:
+        if (fresh.transaction_version(app_id) or 0) >= version:
             return False
-        try:
-            # Written against the very version checked above: if another writer commits for
-            # ``app_id`` in between, Delta refuses this commit instead of appending twice.
-            write_deltalake(
-                table,
-                rows if keep is None else keep(frame).to_arrow(),
-                mode="append",
-                partition_by=[DT],
-                schema_mode="merge",
-                storage_options=storage_options or None,
-                commit_properties=commit,
-            )
-            return True
-        except CommitFailedError:
-            # Another writer committed first (a batch run rewriting its days, say): check
-            # again against the new version, then try again.
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-            table.update_incremental()
-    return False
+        # Written against the very version checked above: if another writer commits for
+        # ``app_id`` in between, Delta refuses this commit instead of appending twice.
+        write_deltalake(
+            fresh,
+            rows if keep is None else keep(frame).to_arrow(),
+            mode="append",
+            partition_by=[DT],
+            schema_mode="merge",
+            storage_options=storage_options or None,
+            commit_properties=commit,
+        )
+        return True
+
+    # Another writer committing first (a batch run rewriting its days, say) means checking
+    # again against the new version, then trying again.
+    return retry_commits(append, table)
 
 
 def committed_version(uri: str, app_id: str, storage_options: dict[str, str] | None = None) -> int:
@@ -312,12 +331,7 @@ def table_version(uri: str, storage_options: dict[str, str] | None = None) -> in
 
 
 def delete_keys(
-    uri: str,
-    keys: pl.DataFrame,
-    column: str,
-    storage_options: dict[str, str] | None = None,
-    *,
-    attempts: int = 5,
+    uri: str, keys: pl.DataFrame, column: str, storage_options: dict[str, str] | None = None
 ) -> int:
     """Delete the rows whose ``column`` is among ``keys[column]``; returns how many went.
 
@@ -326,23 +340,21 @@ def delete_keys(
     table = open_table(uri, storage_options)
     if table is None or keys.is_empty():
         return 0
-    source = keys.select(column).unique().to_arrow()
-    for attempt in range(attempts):
-        try:
-            metrics = (
-                table.merge(
-                    source,
-                    predicate=f"t.{column} = s.{column}",
-                    source_alias="s",
-                    target_alias="t",
-                )
-                .when_matched_delete()
-                .execute()
-            )
-            return int(metrics.get("num_target_rows_deleted", 0) or 0)
-        except CommitFailedError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-            table.update_incremental()
-    return 0
+    return retry_commits(lambda fresh: delete_matching(fresh, keys, column), table)
+
+
+def delete_matching(table: DeltaTable, keys: pl.DataFrame, column: str) -> int:
+    """One commit, on the version ``table`` holds, deleting the rows whose ``column`` is among
+    ``keys[column]``; returns how many went. Delta refuses it when a concurrent commit added
+    rows meanwhile (the deletion reads the whole table)."""
+    metrics = (
+        table.merge(
+            keys.select(column).unique().to_arrow(),
+            predicate=f"t.{column} = s.{column}",
+            source_alias="s",
+            target_alias="t",
+        )
+        .when_matched_delete()
+        .execute()
+    )
+    return int(metrics.get("num_target_rows_deleted", 0) or 0)

@@ -8,13 +8,12 @@ a table holds (expiry aside) nor the stream offsets recorded in it.
 Each is one Delta commit per table (per day for compaction) made while micro-batches keep
 appending. Delta settles every race: an append never conflicts with a compaction, which commits
 on top of it; a commit that conflicts for real (an expiry racing a late event's append, a
-compaction racing a batch overwrite of its day) is refused, and the operation starts over on a
-fresh copy of the table. A micro-batch that loses a race retries in ``append_once``.
+compaction racing a batch overwrite of its day) is refused, and the operation starts over on the
+newest version of the table. A micro-batch that loses a race retries in ``append_once``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -22,10 +21,9 @@ from typing import Any, TypeVar
 
 import polars as pl
 from deltalake import DeltaTable
-from deltalake.exceptions import CommitFailedError
 from deltalake.table import FilterConjunctionType
 
-from sequence_platform.storage.delta import DT, open_table
+from sequence_platform.storage.delta import DT, open_table, retry_commits
 
 SORT_KEY = "user_id"
 """Compaction sorts each day by this column (when a table has it): most reads are per user."""
@@ -35,6 +33,7 @@ ORPHAN_GRACE_HOURS = 1
 for at least this long, whatever the retention."""
 SMALL_FILE_BYTES = 32 * 1024 * 1024
 MAINTENANCE_ATTEMPTS = 10
+"""How often a maintenance operation whose commit lost a race is tried in all."""
 
 T = TypeVar("T")
 
@@ -53,20 +52,13 @@ def on_fresh_table(
     operation: Callable[[DeltaTable], T],
     storage_options: dict[str, str] | None = None,
 ) -> T | None:
-    """``operation`` on the newest version of the table, again from a fresh copy of the table
+    """``operation`` on the newest version of the table, again on the table brought up to date
     each time Delta refuses its commit because a concurrent one conflicts. None without a table.
     """
-    for attempt in range(MAINTENANCE_ATTEMPTS):
-        table = open_table(uri, storage_options)
-        if table is None:
-            return None
-        try:
-            return operation(table)
-        except CommitFailedError:
-            if attempt == MAINTENANCE_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    return None
+    table = open_table(uri, storage_options)
+    if table is None:
+        return None
+    return retry_commits(operation, table, MAINTENANCE_ATTEMPTS)
 
 
 def expire_days(uri: str, before: date, storage_options: dict[str, str] | None = None) -> int:

@@ -128,13 +128,23 @@ def test_first_writes_racing_to_create_a_table_lose_nothing(tmp_path: Path, atte
     assert content(uri) == [*expected, (date(2026, 3, 9), 99)]
 
 
-def test_a_batch_write_refused_by_a_fence_filters_its_rows_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "step",
+    [
+        # Between the write's filtering and its commit: the commit is refused rather than
+        # rebased, and the attempt after it filters the rows again.
+        "write_deltalake",
+        # Before the write reads the table: it filters the rows after that read.
+        "ensure_table",
+    ],
+)
+def test_a_batch_write_leaves_out_a_user_forgotten_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    """A user forgotten while a batch write is under way: the forget's empty commit (its fence)
-    lands between the write's filtering and its commit. The commit is refused rather than
-    rebased, and the attempt after it filters the rows again, leaving the user out."""
+    """A user forgotten while a batch write is under way (a tombstone, then the forget's empty
+    commit: its fence), just before the write's ``step``: the user stays out of its commit."""
     from datetime import UTC, datetime
+    from typing import Any
 
     import deltalake
 
@@ -148,17 +158,63 @@ def test_a_batch_write_refused_by_a_fence_filters_its_rows_again(
     frame = pl.DataFrame({"dt": [day, day], "user_id": [1, 2]})
     overwrite_days(uri, frame, day, day)  # the table exists
     tombstones = Tombstones(layout)
-    real_write = delta.write_deltalake
+    real_step = getattr(delta, step)
     fenced: list[int] = []
 
-    def forget_meanwhile(table: object, data: object, **kwargs: object) -> None:
-        if not fenced:  # the forget happens once, between filtering and the first commit
+    def forget_first(*args: Any, **kwargs: Any) -> Any:
+        if not fenced:  # the forget happens once
             fenced.append(1)
             record_tombstones(layout, pl.Series([2], dtype=pl.Int64), datetime.now(UTC))
             empty = pl.DataFrame(schema=frame.schema).to_arrow()
             deltalake.write_deltalake(uri, empty, mode="append", partition_by=["dt"])
-        real_write(table, data, **kwargs)  # type: ignore[arg-type]
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(delta, "write_deltalake", forget_meanwhile)
+    monkeypatch.setattr(delta, step, forget_first)
     overwrite_days(uri, frame, day, day, keep=tombstones.keep)
     assert pl.read_delta(uri)["user_id"].to_list() == [1]
+
+
+def test_retry_commits_tries_again_on_the_new_version_then_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost race is tried again on the table brought up to date, at most ``attempts`` times
+    in all, the last refusal raised; any other error is not retried."""
+    import deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    from sequence_platform.storage import delta
+
+    monkeypatch.setattr(delta, "RETRY_PAUSE_SECONDS", 0)
+    uri = str(tmp_path / "t")
+    d1 = date(2026, 3, 1)
+    overwrite_days(uri, rows((d1, 1)), d1, d1)
+    table = deltalake.DeltaTable(uri)
+    seen: list[int] = []
+
+    def lose_twice(fresh: deltalake.DeltaTable) -> int:
+        seen.append(fresh.version())
+        if len(seen) < 3:
+            overwrite_days(uri, rows((d1, len(seen))), d1, d1)  # a concurrent commit
+            raise CommitFailedError("lost")
+        return len(seen)
+
+    assert delta.retry_commits(lose_twice, table, 3) == 3
+    assert seen == [1, 2, 3]
+
+    def always_lose(fresh: deltalake.DeltaTable) -> int:
+        seen.append(fresh.version())
+        raise CommitFailedError("lost")
+
+    seen.clear()
+    with pytest.raises(CommitFailedError):
+        delta.retry_commits(always_lose, table, 4)
+    assert len(seen) == 4
+
+    def broken(fresh: deltalake.DeltaTable) -> int:
+        seen.append(fresh.version())
+        raise ValueError("not a race")
+
+    seen.clear()
+    with pytest.raises(ValueError, match="not a race"):
+        delta.retry_commits(broken, table)
+    assert len(seen) == 1
