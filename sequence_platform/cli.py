@@ -539,9 +539,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _forget_user(args: argparse.Namespace) -> int:
-    from deltalake.exceptions import DeltaError
-
-    from sequence_platform.runtime.forget import ForgetIncomplete, forget_users
+    from sequence_platform.runtime.forget import FORGET_INTERRUPTED, forget_users
     from sequence_platform.serving.app import snapshot_folder
     from sequence_platform.serving.snapshot_files import SnapshotFiles
     from sequence_platform.storage.layout import TableLayout
@@ -552,7 +550,7 @@ def _forget_user(args: argparse.Namespace) -> int:
     print(f"Forgetting user(s) {users} in {settings.tables_root}")
     try:
         outcome = forget_users(layout, args.user_ids)
-    except (ForgetIncomplete, DeltaError) as error:  # a commit race lost too often, a bad table
+    except FORGET_INTERRUPTED as error:
         print(f"Forgetting did not complete: {error}", file=sys.stderr)
         print("Running the same command again is safe, and completes it.", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.fs import DeltaStorageHandler
 
 from sequence_platform.engine.decode import RECORD
@@ -85,6 +85,17 @@ class ForgetOutcome:
 class ForgetIncomplete(RuntimeError):
     """A table kept changing under the deletion; the tombstones stay, and running the forget
     again completes it."""
+
+
+FORGET_INTERRUPTED: tuple[type[Exception], ...] = (
+    ForgetIncomplete,
+    DeltaError,
+    OSError,
+    pl.exceptions.PolarsError,
+)
+"""What can stop a forget part way (a commit race lost too often, a table or file that cannot
+be read or written right now): the tombstones are recorded first, so running it again is safe
+and completes it. The CLI and the admin endpoint both say so."""
 
 
 class _RowsLeft(Exception):

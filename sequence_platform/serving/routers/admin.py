@@ -10,13 +10,11 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-import polars as pl
-from deltalake.exceptions import DeltaError
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from sequence_platform.runtime.forget import ForgetIncomplete, forget_users
+from sequence_platform.runtime.forget import FORGET_INTERRUPTED, forget_users
 from sequence_platform.serving.context import context_of
 from sequence_platform.serving.errors import ServingError
 from sequence_platform.serving.models import ErrorResponse
@@ -99,7 +97,7 @@ def admin_router(token: str) -> APIRouter:
         store = context_of(request).store
         try:
             outcome = forget_users(store.layout, [user_id])
-        except (ForgetIncomplete, DeltaError, OSError, pl.exceptions.PolarsError) as error:
+        except FORGET_INTERRUPTED as error:
             raise ForgetFailed(
                 f"forgetting user {user_id} did not complete ({error}); forgetting again is "
                 "safe: retry"
