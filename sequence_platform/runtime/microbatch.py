@@ -168,12 +168,12 @@ class RealtimeWriter:
         appended_days: dict[str, dict[date, int]] = {}
         identity = app_id(spec.topic_name, partition)
         for uri, frame in tables.items():
-            # Forgotten users' messages are consumed, not kept (checked again at the commit).
-            fresh = self.tombstones.keep(frame.filter(pl.col(STREAM_OFFSET) >= done[uri]))
             try:
+                # Forgotten users' messages are consumed, not kept: ``keep`` filters them out
+                # against the tombstones as they stand at the commit.
                 written = append_once(
                     uri,
-                    fresh,
+                    frame.filter(pl.col(STREAM_OFFSET) >= done[uri]),
                     identity,
                     end,
                     self.layout.storage_options,
@@ -183,9 +183,9 @@ class RealtimeWriter:
                 raise  # another writer won the race: the caller re-reads and retries
             except (DeltaError, OSError) as error:
                 raise RealtimeWriteFailed(uri, identity, done[uri], error) from error
-            if written:
-                appended[uri] = fresh.height
-                appended_days[uri] = per_day(fresh)
+            if written is not None:
+                appended[uri] = written.height
+                appended_days[uri] = per_day(written)
         watermark = archive["event_time"].max() if archive.height else None
         return MicroBatchOutcome(
             source,

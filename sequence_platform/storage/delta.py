@@ -182,10 +182,11 @@ def append_once(
     storage_options: dict[str, str] | None = None,
     *,
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
-) -> bool:
-    """Append ``frame`` and record ``app_id`` at ``version`` in the same Delta commit.
+) -> pl.DataFrame | None:
+    """Append ``frame`` and record ``app_id`` at ``version`` in the same Delta commit; returns
+    the rows appended.
 
-    Returns False, writing nothing, when the table already records ``version`` or later for
+    Returns None, writing nothing, when the table already records ``version`` or later for
     ``app_id``: a retried or duplicated writer cannot append twice. ``keep`` filters the rows
     at each attempt, after the version the commit is made against is read: a filter that reads
     a changing input (the tombstones) is never older than the rows it commits on.
@@ -195,21 +196,22 @@ def append_once(
     rows = frame.to_arrow()
     table = ensure_table(uri, rows.schema, storage_options)
 
-    def append(fresh: DeltaTable) -> bool:
+    def append(fresh: DeltaTable) -> pl.DataFrame | None:
         if (fresh.transaction_version(app_id) or 0) >= version:
-            return False
+            return None
+        kept = frame if keep is None else keep(frame)
         # Written against the very version checked above: if another writer commits for
         # ``app_id`` in between, Delta refuses this commit instead of appending twice.
         write_deltalake(
             fresh,
-            rows if keep is None else keep(frame).to_arrow(),
+            rows if keep is None else kept.to_arrow(),
             mode="append",
             partition_by=[DT],
             schema_mode="merge",
             storage_options=storage_options or None,
             commit_properties=commit,
         )
-        return True
+        return kept
 
     # Another writer committing first (a batch run rewriting its days, say) means checking
     # again against the new version, then trying again.

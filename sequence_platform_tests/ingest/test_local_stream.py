@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,7 @@ import pytest
 from sequence_platform.ingest.stream import LocalStream
 from sequence_platform.runtime.live import ProduceStopped, produce_messages
 from sequence_platform.runtime.microbatch import RealtimeWriter
+from sequence_platform.runtime.tombstones import Tombstones, record_tombstones
 from sequence_platform.spec import load_catalog
 from sequence_platform.storage.layout import TableLayout
 from sequence_platform_tests.disks import fill, tiny_disk
@@ -93,3 +95,32 @@ def test_a_full_disk_stops_produce_between_batches_and_names_the_file(tmp_path: 
         assert end == 1 + stopped.value.sent
         values = [json.loads(m.value or b"")["event_id"] for m in stream.read(TOPIC, 0, 0, end)]
         assert values == [f"m-{i:05d}" for i in range(end)]
+
+
+def test_a_micro_batch_counts_the_rows_it_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgotten users' messages are filtered once, at the commit, and the counts are of what
+    was committed: a user forgotten after the archive's commit read the tombstones is left out
+    of the next table written, and of its count."""
+    stream = LocalStream(tmp_path / "stream")
+    stream.produce(TOPIC, [message(index) for index in range(10)])  # users 1..5, two each
+    layout = TableLayout(str(tmp_path / "tables"))
+    keep = Tombstones.keep
+    calls: list[int] = []
+
+    def forgotten_after_the_first_look(self: Tombstones, frame: pl.DataFrame) -> pl.DataFrame:
+        kept = keep(self, frame)
+        if not calls:
+            record_tombstones(layout, pl.Series("user_id", [3]), datetime(2026, 3, 1, tzinfo=UTC))
+        calls.append(kept.height)
+        return kept
+
+    monkeypatch.setattr(Tombstones, "keep", forgotten_after_the_first_look)
+    outcome = RealtimeWriter(load_catalog(), layout, stream).process("engagement", 0, 0, 10)
+
+    for uri in (layout.stream_archive("engagement"), layout.realtime("engagement_enriched")):
+        stored = pl.read_delta(uri)
+        assert outcome.appended[uri] == stored.height
+    assert 3 in set(pl.read_delta(layout.stream_archive("engagement"))["user_id"])
+    assert 3 not in set(pl.read_delta(layout.realtime("engagement_enriched"))["user_id"])

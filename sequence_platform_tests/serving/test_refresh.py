@@ -99,7 +99,7 @@ def test_appended_real_time_rows_are_read_as_new_files_only(served: Served) -> N
             pl.lit(0, dtype=pl.Int32).alias("stream_partition"),
             pl.lit(offset, dtype=pl.Int64).alias("stream_offset"),
         )
-        assert append_once(uri, rows, "engagement/0", offset + 1)
+        assert append_once(uri, rows, "engagement/0", offset + 1) is not None
         poll(served, path, lambda body, n=offset + 1: body["length"] == n)
     body = served.client.get(path, params={"as_of": AS_OF}).json()
     assert [e["event_id"] for e in body["events"]] == ["e22", "e21"]

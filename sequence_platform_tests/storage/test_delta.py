@@ -72,11 +72,11 @@ def test_overwrite_refuses_rows_outside_its_days(tmp_path: Path) -> None:
 def test_append_once_and_maintenance_keep_offsets_and_contents(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
-    assert append_once(uri, rows((d1, 1)), "topic/0", 10)
-    assert not append_once(uri, rows((d1, 1)), "topic/0", 10)
-    assert not append_once(uri, rows((d1, 1)), "topic/0", 9)
-    assert append_once(uri, rows((d2, 2)), "topic/0", 20)
-    assert append_once(uri, rows((d2, 3)), "topic/1", 5)
+    assert append_once(uri, rows((d1, 1)), "topic/0", 10) is not None
+    assert append_once(uri, rows((d1, 1)), "topic/0", 10) is None
+    assert append_once(uri, rows((d1, 1)), "topic/0", 9) is None
+    assert append_once(uri, rows((d2, 2)), "topic/0", 20) is not None
+    assert append_once(uri, rows((d2, 3)), "topic/1", 5) is not None
     assert (committed_version(uri, "topic/0"), committed_version(uri, "topic/1")) == (20, 5)
     assert committed_version(uri, "other/0") == 0
 
@@ -113,7 +113,7 @@ def test_first_writes_racing_to_create_a_table_lose_nothing(tmp_path: Path, atte
     def append() -> None:
         start.wait()
         try:
-            assert append_once(uri, rows((date(2026, 3, 9), 99)), "topic/0", 1)
+            assert append_once(uri, rows((date(2026, 3, 9), 99)), "topic/0", 1) is not None
         except BaseException as error:
             errors.append(error)
 
