@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -29,6 +29,7 @@ from sequence_platform.storage.delta import (
     DT,
     append_once,
     committed_version,
+    committed_versions,
     per_day,
     scan_days,
 )
@@ -128,6 +129,21 @@ class RealtimeWriter:
     def committed_offset(self, source: str, partition: int) -> int:
         """The offset up to which every table of ``source`` holds the partition's messages."""
         return min(self.committed_offsets(source, partition).values())
+
+    def committed_offset_of_partitions(
+        self, source: str, partitions: Iterable[int]
+    ) -> dict[int, int]:
+        """``committed_offset`` of each of ``partitions``, each table's log read once."""
+        topic = self.catalog.sources[source].topic_name
+        ids = {partition: app_id(topic, partition) for partition in partitions}
+        per_table = [
+            committed_versions(uri, ids.values(), self.layout.storage_options)
+            for uri in self.tables(source)
+        ]
+        return {
+            partition: min(versions[identity] for versions in per_table)
+            for partition, identity in ids.items()
+        }
 
     def process(self, source: str, partition: int, start: int, end: int) -> MicroBatchOutcome:
         """Process the source's partition up to ``end``; safe to repeat or overlap.

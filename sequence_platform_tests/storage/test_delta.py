@@ -12,6 +12,7 @@ import pytest
 from sequence_platform.storage.delta import (
     append_once,
     committed_version,
+    committed_versions,
     overwrite_days,
     scan_days,
 )
@@ -218,3 +219,16 @@ def test_retry_commits_tries_again_on_the_new_version_then_gives_up(
     with pytest.raises(ValueError, match="not a race"):
         delta.retry_commits(broken, table)
     assert len(seen) == 1
+
+
+def test_committed_versions_reads_every_writer_from_one_log(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    assert committed_versions(uri, ["topic/0", "topic/1"]) == {"topic/0": 0, "topic/1": 0}
+    append_once(uri, rows((date(2026, 3, 1), 1)), "topic/0", 10)
+    append_once(uri, rows((date(2026, 3, 1), 2)), "topic/1", 4)
+    assert committed_versions(uri, ["topic/0", "topic/1", "topic/2"]) == {
+        "topic/0": 10,
+        "topic/1": 4,
+        "topic/2": 0,
+    }
+    assert committed_version(uri, "topic/1") == 4
