@@ -5,7 +5,6 @@ by ``BackfillPolicy.single_run()``), reports rows, bytes and timing, and checks 
 Annotations stay real objects here (no postponed evaluation): Dagster inspects them.
 """
 
-import contextlib
 import logging
 import time
 import warnings
@@ -254,9 +253,12 @@ def _daily_asset(
                 record(pending)
                 pending = None
         except BaseException:
-            # The step's own error is the one to report; a chunk being written is finished.
-            with contextlib.suppress(Exception):
+            # The step's own error is the one to report; a chunk being written is finished,
+            # and should its write fail too, the log says so.
+            try:
                 writes.close()
+            except Exception as write_error:
+                context.log.error(f"{key.to_user_string()}: a write also failed: {write_error!r}")
             raise
         writes.close()
         if finisher is not None:

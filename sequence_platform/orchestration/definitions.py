@@ -53,7 +53,9 @@ def build_definitions(
     batch_job = dg.define_asset_job(
         BATCH_JOB,
         selection=daily_batch(),
-        description="Every computed asset for one day: events, features, signals, sequences.",
+        description=(
+            "Every computed asset for one day: events, features, signals, sequences, training sets."
+        ),
     )
     maintenance = maintenance_jobs(catalog)
     return dg.Definitions(

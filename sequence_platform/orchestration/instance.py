@@ -8,8 +8,10 @@ an event on this kind of machine, most of a 1M-event batch run. This storage kee
 files and schema, with one engine per database file kept for the life of the process, so
 statements are compiled once; an event's statements share one transaction per database, and
 so do the events Dagster hands over as a batch (a run's planned events, a step's per-day
-materializations); an asset's row is upserted rather than inserted, failed and updated.
-About 1.4 ms an event, Dagster's own work included (``benchmarks/bench_dagster_events.py``).
+materializations; the storage sets ``DAGSTER_EVENT_BATCH_SIZE`` in the process, unless it is
+set, for Dagster to hand those over); an asset's row is upserted rather than inserted, failed
+and updated. About 1.4 ms an event, Dagster's own work included
+(``benchmarks/bench_dagster_events.py``).
 The ``dagster.yaml`` the platform writes names it, so the UI, the daemon and ``dagster``
 commands on the instance use it too.
 
@@ -30,7 +32,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,38 +214,45 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     @contextmanager
     def _one_transaction_per_database(self) -> Iterator[None]:
         """Within it, this thread's statements share one transaction per database file (the
-        run's and the index), each committed at its end; an error before then rolls both
-        back, so Dagster's fallback of storing a failed batch event by event adds no twins."""
+        run's and the index), committed at its end: the run's first, the index last. An error
+        before the commits leaves neither database changed, so Dagster's fallback of storing a
+        failed batch event by event adds nothing twice. (Should the index's commit fail after
+        the run's, the fallback's copies land in the run's log only: the index, whose rows
+        Dagster expects to be unique per run and check, never holds twins.)"""
         if getattr(self._local, "open", None) is not None:
             yield
             return
-        with self._db_lock, ExitStack() as commits:
-            self._local.open = {}
-            self._local.commits = commits
+        opened: dict[str, Connection] = {}
+        with self._db_lock:
+            self._local.open = opened
             try:
                 yield
+                for shard in sorted(opened, key=lambda shard: shard == INDEX_SHARD_NAME):
+                    opened[shard].commit()
             finally:
                 self._local.open = None
+                for conn in opened.values():
+                    conn.close()  # rolls back what was not committed
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
-        open_ = getattr(self._local, "open", None)
-        if open_ is None:
-            with self._db_lock, self._transaction(shard) as conn:
+        opened = getattr(self._local, "open", None)
+        if opened is None:
+            with self._db_lock, self._connection(shard) as conn, conn.begin():
                 yield conn
             return
-        if shard not in open_:
-            open_[shard] = self._local.commits.enter_context(self._transaction(shard))
-        yield open_[shard]
+        if shard not in opened:
+            conn = self._connection(shard)
+            conn.begin()
+            opened[shard] = conn
+        yield opened[shard]
 
-    @contextmanager
-    def _transaction(self, shard: str) -> Iterator[Connection]:
+    def _connection(self, shard: str) -> Connection:
         engine = self._engine(shard)
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
-        with engine.connect() as conn, conn.begin():
-            yield conn
+        return engine.connect()
 
     def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
         if not self._obs:

@@ -281,7 +281,7 @@ def stream_sensor(
             with platform.open_stream() as stream:
                 ends = stream.end_offsets(source.topic_name)
                 writer = RealtimeWriter(catalog, platform.layout, stream)
-                committed = writer.committed_offset_of_partitions(source.name, ends)
+                committed = writer.committed_offset_of_partitions(source.name, ends) if ends else {}
         except StreamUnavailable as error:
             return dg.SkipReason(f"stream down: {error}")
         if not ends:

@@ -10,7 +10,7 @@ kept so that no later write brings them back.
    (micro-batches and batch writes: neither lets delta-rs rebase a commit) that read the
    tombstones before step 1, then the users' rows are deleted: by ``user_id``, or
    in dead letters by the user a raw record names. A writer that commits meanwhile makes Delta
-   refuse the deletion, which then starts again on a fresh table;
+   refuse the deletion, which then starts again on the table brought up to date;
 3. each table is vacuumed with a retention of zero, so the files that held the rows are gone
    from disk — time travel to a version before the deletion is no longer possible — and the
    data files of failed commits (never part of any version) that hold their rows go too;

@@ -9,7 +9,10 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+)
 
 from sequence_platform.orchestration.instance import (
     EARLIER_CONFIG,
@@ -135,7 +138,7 @@ def test_a_home_gets_the_platform_config_unless_it_has_its_own(tmp_path: Path) -
     assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
 
 
-def test_a_second_run_of_the_days_becomes_their_latest_for_both_storages(tmp_path: Path) -> None:
+def test_a_second_run_becomes_the_latest_as_dagsters_class_reads_it(tmp_path: Path) -> None:
     """The asset's row is inserted by its first event and updated by every later one (an
     upsert here, an insert that fails then an update in Dagster's class)."""
     prepare_dagster_home(tmp_path)
@@ -186,4 +189,41 @@ def test_a_batch_of_events_is_stored_whole_or_not_at_all(tmp_path: Path) -> None
     assert len(storage.get_logs_for_run(run_id)) == 4
     [record] = storage.get_asset_records([dg.AssetKey("days")])
     assert record.asset_entry.last_materialization_record.partition_key == "2026-03-04"  # type: ignore[union-attr]
+    storage.dispose()
+
+
+def test_the_run_log_commits_before_the_index(tmp_path: Path) -> None:
+    """Should the index's commit fail, Dagster stores the batch again event by event: the
+    copies may land in the run's log, never in the index (whose rows it expects unique)."""
+    prepare_dagster_home(tmp_path / "source")
+    with dg.DagsterInstance.from_config(str(tmp_path / "source")) as instance:
+        run_id = run_range(instance)
+        events = [
+            entry
+            for entry in instance.all_logs(run_id)
+            if entry.dagster_event is not None and entry.dagster_event.is_step_materialization
+        ]
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "copy"))
+    connection = storage._connection
+
+    def index_fails_to_commit(shard: str):  # type: ignore[no-untyped-def]
+        conn = connection(shard)
+        if shard == INDEX_SHARD_NAME:
+
+            def commit() -> None:
+                raise OSError("disk I/O error")
+
+            conn.commit = commit  # type: ignore[method-assign]
+        return conn
+
+    storage._connection = index_fails_to_commit  # type: ignore[method-assign]
+    try:
+        storage.store_event_batch(events)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the batch should have failed")
+    storage._connection = connection  # type: ignore[method-assign]
+    assert len(storage.get_logs_for_run(run_id)) == 4
+    assert storage.get_asset_records([dg.AssetKey("days")]) == []
     storage.dispose()
