@@ -305,6 +305,34 @@ def test_every_reader_equals_the_rules_at_any_instant(world: World, data: st.Dat
     assert training(world, user, at) == expected, "training set"
 
 
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_a_spine_over_many_days_equals_the_rules_row_by_row(
+    world: World, data: st.DataObject
+) -> None:
+    """A training set reads each day of the windows once and keeps it while later days need it:
+    a spine whose rows fall on many days, in any order, still answers every row exactly."""
+    asked = data.draw(
+        st.lists(st.tuples(st.sampled_from(USERS), instants(world)), min_size=2, max_size=12),
+        label="spine",
+    )
+    spine = pl.DataFrame(
+        {
+            "user_id": [user for user, _ in asked],
+            "ts": [at for _, at in asked],
+            "label": [1] * len(asked),
+        },
+        schema={"user_id": pl.Int64(), "ts": pl.Datetime("ms", "UTC"), "label": pl.Int8()},
+    )
+    result = training_set(spine, ["exact"], catalog=world.catalog, layout=world.layout)
+    assert result.rows.height == len(asked)
+    for row in result.rows.iter_rows(named=True):
+        user, at = row["user_id"], row["ts"]
+        assert from_frame(row, FIELDS + REQUEST_FIELDS) == reference(world, user, at), (user, at)
+
+
 def test_the_data_is_adversarial(world: World) -> None:
     """The property above is only as strong as its data: check the data has every hard case."""
     landing_ids = {r["event_id"] for r in world.landing}

@@ -25,10 +25,11 @@ DAY = "dt"
 NEWEST_FIRST = (["event_time", "event_id"], [True, True])
 
 
-def sequence_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
-    """Signal rows that pass ``S.filter``, reduced to ``user_id`` and the stored fields."""
+def sequence_rows(signal: pl.LazyFrame, spec: SequenceSpec, *keep: str) -> pl.LazyFrame:
+    """Signal rows that pass ``S.filter``, reduced to ``user_id`` and the stored fields (after
+    the columns named in ``keep``)."""
     frame = signal.filter(pl.sql_expr(spec.filter)) if spec.filter else signal
-    return frame.select("user_id", *spec.stored_fields)
+    return frame.select(*keep, "user_id", *spec.stored_fields)
 
 
 def snapshot_cutoff(day: date) -> datetime:
@@ -99,9 +100,10 @@ def assemble_snapshot(
     )
 
 
-def explode_snapshot(snapshot: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:
-    """The event rows a snapshot holds: ``user_id`` and the stored fields, one row per event."""
-    return snapshot.select("user_id", *spec.stored_fields).explode(spec.stored_fields)
+def explode_snapshot(snapshot: pl.LazyFrame, spec: SequenceSpec, *keep: str) -> pl.LazyFrame:
+    """The event rows a snapshot holds: ``user_id`` and the stored fields, one row per event
+    (after the columns named in ``keep``)."""
+    return snapshot.select(*keep, "user_id", *spec.stored_fields).explode(spec.stored_fields)
 
 
 def day_rows(signal: pl.LazyFrame, spec: SequenceSpec) -> pl.LazyFrame:

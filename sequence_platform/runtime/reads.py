@@ -10,10 +10,12 @@ event id appears twice. One engine call (``sequences_at``) then answers every qu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
+from deltalake import DeltaTable
 
 from sequence_platform.engine.sequence import (
     explode_snapshot,
@@ -26,7 +28,15 @@ from sequence_platform.engine.signal import deduplicate_events
 from sequence_platform.runtime.microbatch import STREAM_OFFSET, STREAM_PARTITION
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
-from sequence_platform.storage.delta import DT, day_range, records_per_day, scan_days
+from sequence_platform.storage.delta import (
+    DT,
+    day_range,
+    day_records,
+    open_table,
+    records_per_day,
+    scan_days,
+    scan_table,
+)
 from sequence_platform.storage.layout import TableLayout
 
 AT = "__at"
@@ -141,6 +151,84 @@ class Reader:
             )
             .drop(_QUERY)
         )
+
+
+@dataclass(frozen=True)
+class DayWindowReader(Reader):
+    """A ``Reader`` for reads at instants of days taken in ascending order (a spine's days):
+    each stored or signal day of the windows is read once and kept while a later day's window
+    holds it, instead of the whole window being read again for every day. The batch tables
+    are read as they stood when this reader first opened them, so every day of the run sees
+    one version of them (real-time rows are read per day, as ``Reader`` does)."""
+
+    _tables: dict[str, DeltaTable | None] = field(default_factory=dict)
+    _days: dict[tuple[str, str, date], pl.DataFrame] = field(default_factory=dict)
+    """Rows held, by sequence, table and day (a signal's rows are those of the sequence)."""
+
+    def batch_rows_for_day(
+        self, spec: SequenceSpec, day: date, users: pl.Series | None = None
+    ) -> pl.LazyFrame:
+        first = day - timedelta(days=spec.lookback_days)
+        stored_uri, signal_uri = self.layout.sequence(spec), self.layout.signals(spec.signal)
+        held = day_records(self._table(stored_uri), first, day - timedelta(days=1))
+        window = day_range(first, day)
+        stored_days = [d for d in window if d in held]
+        signal_days = [d for d in window if d not in held]
+        element = self.catalog.sequence_element_schema(spec.name)
+        stored_schema = pl.Schema(
+            {"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}
+        )
+        signal_schema = self.catalog.signal_schema(spec.signal)
+        stored = self._rows(
+            (spec.name, stored_uri),
+            stored_days,
+            lambda table, days: explode_snapshot(
+                scan_table(table, stored_schema).filter(pl.col(DT).is_in(days)).sort(DT, "user_id"),
+                spec,
+                DT,
+            ),
+        )
+        signal = self._rows(
+            (spec.name, signal_uri),
+            signal_days,
+            lambda table, days: sequence_rows(
+                scan_table(table, signal_schema)
+                .filter(pl.col(DT).is_in(days))
+                .sort(DT, maintain_order=True),
+                spec,
+                DT,
+            ),
+        )
+        # Days no later window holds are let go (days come in ascending order).
+        for key in [key for key in self._days if key[0] == spec.name and key[2] < first]:
+            del self._days[key]
+        return merge_rows(_of(stored, users), _of(signal, users))
+
+    def _table(self, uri: str) -> DeltaTable | None:
+        if uri not in self._tables:
+            self._tables[uri] = open_table(uri, self.layout.storage_options)
+        return self._tables[uri]
+
+    def _rows(
+        self,
+        source: tuple[str, str],
+        days: list[date],
+        rows_of: Callable[[DeltaTable | None, list[date]], pl.LazyFrame],
+    ) -> pl.LazyFrame:
+        """The rows of ``days`` of ``source`` (a sequence and a table), in day order: those not
+        held yet read in one scan, then each day held (a day without rows as an empty frame)."""
+        sequence, uri = source
+        table = self._table(uri)
+        wanted = [d for d in days if (sequence, uri, d) not in self._days]
+        if wanted:
+            rows = rows_of(table, wanted).collect()
+            parts = rows.partition_by(DT, as_dict=True, maintain_order=True, include_key=False)
+            empty = rows.drop(DT).clear()
+            for d in wanted:
+                self._days[(sequence, uri, d)] = parts.get((d,), empty)
+        if not days:
+            return rows_of(None, []).drop(DT)
+        return pl.concat([self._days[(sequence, uri, d)] for d in days], how="vertical").lazy()
 
 
 _QUERY = "__query"

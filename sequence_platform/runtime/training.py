@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from sequence_platform.engine.decode import REASON, RECORD
-from sequence_platform.runtime.reads import Reader
+from sequence_platform.runtime.reads import DayWindowReader, Reader
 from sequence_platform.spec.catalog import Catalog
 from sequence_platform.spec.models import SequenceSpec
 from sequence_platform.storage.delta import day_range
@@ -114,13 +114,15 @@ def training_days(
     reader: Reader, sequences: Sequence[tuple[str, SequenceSpec]], checked: CheckedSpine
 ) -> Iterator[pl.DataFrame]:
     """The training rows of a checked spine, a day of ``ts`` at a time (days ascending), so
-    that a caller writing them as they come holds one day, never the whole set."""
+    that a caller writing them as they come holds one day, never the whole set (and the days
+    of the sequences' windows, each read once: see ``DayWindowReader``)."""
+    window = DayWindowReader(reader.catalog, reader.layout)
     produced = False
     for _, rows in spine_days(checked.valid):
         produced = True
-        yield training_rows(reader, sequences, rows)
+        yield training_rows(window, sequences, rows)
     if not produced:
-        yield training_rows(reader, sequences, checked.valid.head(0))
+        yield training_rows(window, sequences, checked.valid.head(0))
 
 
 def build_training_set(

@@ -265,7 +265,11 @@ def records_per_day(
 ) -> dict[date, int]:
     """Rows each day of ``start..end`` holds, from the Delta log alone (no data file is read);
     days without rows are left out."""
-    table = open_table(uri, storage_options)
+    return day_records(open_table(uri, storage_options), start, end)
+
+
+def day_records(table: DeltaTable | None, start: date, end: date) -> dict[date, int]:
+    """``records_per_day`` of a table already opened."""
     if table is None:
         return {}
     actions = pl.DataFrame(table.get_add_actions(flatten=True))
@@ -304,6 +308,13 @@ def scan_days(
         table = open_table(uri, storage_options)
     else:
         table = open_table_as_of(uri, as_of, storage_options)
+    return scan_table(table, schema, start, end)
+
+
+def scan_table(
+    table: DeltaTable | None, schema: pl.Schema, start: date | None = None, end: date | None = None
+) -> pl.LazyFrame:
+    """``scan_days`` of a table already opened (at the version it was opened at)."""
     if table is None:
         return pl.LazyFrame(schema={DT: pl.Date(), **dict(schema)})
     frame = pl.scan_delta(table)
