@@ -144,7 +144,8 @@ def write_training_set(
     returns the rows written and the rejected spine rows.
 
     A day is written on a thread of its own while the next day is computed (Arrow's Parquet
-    writer does not hold the GIL), so at most two days are in memory."""
+    writer does not hold the GIL), so at most two days of training rows are in memory, besides
+    the days of one window of each sequence (see ``DayWindowReader``)."""
     import pyarrow.parquet as pq
 
     checked = check_spine(spine)
