@@ -185,14 +185,15 @@ class RealtimeWriter:
         identity = app_id(spec.topic_name, partition)
         for uri, frame in tables.items():
             try:
-                # Forgotten users' messages are consumed, not kept: ``keep`` filters them out
-                # against the tombstones as they stand at the commit.
+                # What another writer of the partition appended since ``done`` was read, and
+                # forgotten users' messages (consumed, not kept), are left out at the commit.
                 written = append_once(
                     uri,
                     frame.filter(pl.col(STREAM_OFFSET) >= done[uri]),
                     identity,
                     end,
                     self.layout.storage_options,
+                    position=STREAM_OFFSET,
                     keep=self.tombstones.keep,
                 )
             except CommitFailedError:

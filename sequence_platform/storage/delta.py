@@ -181,30 +181,37 @@ def append_once(
     version: int,
     storage_options: dict[str, str] | None = None,
     *,
+    position: str | None = None,
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame | None:
     """Append ``frame`` and record ``app_id`` at ``version`` in the same Delta commit; returns
     the rows appended.
 
     Returns None, writing nothing, when the table already records ``version`` or later for
-    ``app_id``: a retried or duplicated writer cannot append twice. ``keep`` filters the rows
-    at each attempt, after the version the commit is made against is read: a filter that reads
-    a changing input (the tombstones) is never older than the rows it commits on.
+    ``app_id``: a retried or duplicated writer cannot append twice. With ``position`` (a
+    column numbering the rows in ``app_id``'s sequence, such as a stream offset), rows before
+    the version the table records are left out: another writer of ``app_id`` that committed
+    part of the range since this one looked has appended them. That and ``keep`` filter the
+    rows at each attempt, after the version the commit is made against is read: a filter that
+    reads a changing input (the tombstones, the recorded version) is never older than the rows
+    it commits on.
     """
     # No silent retry at the next version: a lost race must be re-checked, not re-applied.
     commit = CommitProperties(app_transactions=[Transaction(app_id, version)], max_commit_retries=0)
-    rows = frame.to_arrow()
-    table = ensure_table(uri, rows.schema, storage_options)
+    table = ensure_table(uri, frame.clear().to_arrow().schema, storage_options)
 
     def append(fresh: DeltaTable) -> pl.DataFrame | None:
-        if (fresh.transaction_version(app_id) or 0) >= version:
+        recorded = fresh.transaction_version(app_id) or 0
+        if recorded >= version:
             return None
-        kept = frame if keep is None else keep(frame)
+        kept = frame if position is None else frame.filter(pl.col(position) >= recorded)
+        if keep is not None:
+            kept = keep(kept)
         # Written against the very version checked above: if another writer commits for
         # ``app_id`` in between, Delta refuses this commit instead of appending twice.
         write_deltalake(
             fresh,
-            rows if keep is None else kept.to_arrow(),
+            kept.to_arrow(),
             mode="append",
             partition_by=[DT],
             schema_mode="merge",

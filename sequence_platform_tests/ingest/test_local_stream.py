@@ -124,3 +124,53 @@ def test_a_micro_batch_counts_the_rows_it_committed(
         assert outcome.appended[uri] == stored.height
     assert 3 in set(pl.read_delta(layout.stream_archive("engagement"))["user_id"])
     assert 3 not in set(pl.read_delta(layout.realtime("engagement_enriched"))["user_id"])
+
+
+def test_overlapping_micro_batches_append_each_message_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers of one partition (the indexer and a sensor's run, say), the second having
+    read the committed offsets before the first committed part of its range: each message is
+    appended once, and each writer counts only what it appended."""
+    from threading import Event, Thread, current_thread
+
+    import sequence_platform.runtime.microbatch as microbatch
+
+    stream = LocalStream(tmp_path / "stream")
+    stream.produce(TOPIC, [message(index) for index in range(40)])
+    layout = TableLayout(str(tmp_path / "tables"))
+    second_looked, first_committed = Event(), Event()
+    append_once = microbatch.append_once
+    committed_offsets = RealtimeWriter.committed_offsets
+
+    def looked(self: RealtimeWriter, source: str, partition: int) -> dict[str, int]:
+        done = committed_offsets(self, source, partition)
+        if current_thread().name == "second":
+            second_looked.set()
+        return done
+
+    def in_turn(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # The first commits only once the second has read the offsets; the second after it.
+        assert (first_committed if current_thread().name == "second" else second_looked).wait(30)
+        return append_once(*args, **kwargs)
+
+    monkeypatch.setattr(RealtimeWriter, "committed_offsets", looked)
+    monkeypatch.setattr(microbatch, "append_once", in_turn)
+    outcomes = {}
+
+    def process(name: str, end: int) -> None:
+        writer = RealtimeWriter(load_catalog(), layout, LocalStream(tmp_path / "stream"))
+        outcomes[name] = writer.process("engagement", 0, 0, end)
+        if name == "first":
+            first_committed.set()
+
+    second = Thread(target=process, args=("second", 40), name="second")
+    second.start()
+    process("first", 20)
+    second.join()
+
+    for uri in (layout.stream_archive("engagement"), layout.realtime("engagement_enriched")):
+        offsets = pl.read_delta(uri)["stream_offset"]
+        assert sorted(offsets) == list(range(40)), uri
+        assert outcomes["first"].appended[uri] == 20
+        assert outcomes["second"].appended[uri] == 20
