@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
+import pytest
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -153,15 +155,20 @@ def test_a_second_run_becomes_the_latest_as_dagsters_class_reads_it(tmp_path: Pa
     assert record.asset_entry.last_run_id == second
 
 
-def test_a_batch_of_events_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
-    prepare_dagster_home(tmp_path / "source")
-    with dg.DagsterInstance.from_config(str(tmp_path / "source")) as instance:
+def recorded_materializations(dagster_home: Path) -> tuple[str, list[EventLogEntry]]:
+    """A range run's id and its four materialization events, as Dagster logged them."""
+    prepare_dagster_home(dagster_home)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         run_id = run_range(instance)
-        events = [
+        return run_id, [
             entry
             for entry in instance.all_logs(run_id)
             if entry.dagster_event is not None and entry.dagster_event.is_step_materialization
         ]
+
+
+def test_a_batch_of_events_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    run_id, events = recorded_materializations(tmp_path / "source")
     assert len(events) == 4
     storage = PooledSqliteEventLogStorage(str(tmp_path / "copy"))
     stored = 0
@@ -175,12 +182,8 @@ def test_a_batch_of_events_is_stored_whole_or_not_at_all(tmp_path: Path) -> None
         store_asset_event(conn, event, event_id)
 
     storage._store_asset_event = failing_third  # type: ignore[method-assign]
-    try:
+    with pytest.raises(OSError, match="disk full"):
         storage.store_event_batch(events)
-    except OSError:
-        pass
-    else:
-        raise AssertionError("the batch should have failed")
     assert storage.get_logs_for_run(run_id) == []
     assert storage.get_asset_records([dg.AssetKey("days")]) == []
 
@@ -195,14 +198,7 @@ def test_a_batch_of_events_is_stored_whole_or_not_at_all(tmp_path: Path) -> None
 def test_the_run_log_commits_before_the_index(tmp_path: Path) -> None:
     """Should the index's commit fail, Dagster stores the batch again event by event: the
     copies may land in the run's log, never in the index (whose rows it expects unique)."""
-    prepare_dagster_home(tmp_path / "source")
-    with dg.DagsterInstance.from_config(str(tmp_path / "source")) as instance:
-        run_id = run_range(instance)
-        events = [
-            entry
-            for entry in instance.all_logs(run_id)
-            if entry.dagster_event is not None and entry.dagster_event.is_step_materialization
-        ]
+    run_id, events = recorded_materializations(tmp_path / "source")
     storage = PooledSqliteEventLogStorage(str(tmp_path / "copy"))
     connection = storage._connection
 
@@ -217,12 +213,8 @@ def test_the_run_log_commits_before_the_index(tmp_path: Path) -> None:
         return conn
 
     storage._connection = index_fails_to_commit  # type: ignore[method-assign]
-    try:
+    with pytest.raises(OSError, match="disk I/O error"):
         storage.store_event_batch(events)
-    except OSError:
-        pass
-    else:
-        raise AssertionError("the batch should have failed")
     storage._connection = connection  # type: ignore[method-assign]
     assert len(storage.get_logs_for_run(run_id)) == 4
     assert storage.get_asset_records([dg.AssetKey("days")]) == []
