@@ -233,7 +233,7 @@ def microbatch_job(
                 take(writer.process(source.name, config.partition, config.start, config.end))
                 # A launched run is warm: it takes the next ranges itself while they keep
                 # coming, each committed with its own end offset, instead of paying a launch
-                # per batch. The sensor launches no other run for the partition meanwhile.
+                # per batch. The sensor asks for the next run only as this one stops lingering.
                 lingering_until = time.monotonic() + settings.linger_seconds
                 while time.monotonic() < lingering_until:
                     end = stream.end_offsets(source.topic_name).get(config.partition, 0)
@@ -294,7 +294,8 @@ def stream_sensor(
             if start >= end:
                 notes.append(f"{where} idle at offset {end}")
                 continue
-            if _runs(context.instance, source, partition, ACTIVE):
+            in_flight = _run_records(context.instance, source, partition, ACTIVE)
+            if in_flight and not _hands_over(in_flight, settings):
                 notes.append(f"{where} lagging {end - start:,} messages, a run is in flight")
                 continue
             stop = min(end, start + settings.max_batch_messages)
@@ -337,6 +338,33 @@ def stream_sensor(
         ),
     )
     return decorate(poll)
+
+
+def _hands_over(in_flight: list[dg.RunRecord], settings: RealtimeSettings) -> bool:
+    """Whether the partition's one run in flight stops lingering before the next tick: the
+    next run is requested now, so that messages arriving meanwhile do not wait for a tick and
+    a launch. The two may overlap; each message is appended once all the same (``append_once``
+    leaves out what the other committed)."""
+    if len(in_flight) != 1:
+        return False
+    [record] = in_flight
+    started = record.start_time
+    if record.dagster_run.status != dg.DagsterRunStatus.STARTED or started is None:
+        return False
+    next_tick = time.time() + max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS)
+    return started + settings.linger_seconds < next_tick
+
+
+def _run_records(
+    instance: dg.DagsterInstance,
+    source: SourceSpec,
+    partition: int,
+    statuses: list[dg.DagsterRunStatus],
+) -> list[dg.RunRecord]:
+    tags = {SOURCE_TAG: source.name, PARTITION_TAG: str(partition)}
+    return list(
+        instance.get_run_records(filters=dg.RunsFilter(tags=tags, statuses=statuses), limit=50)
+    )
 
 
 def _runs(

@@ -226,14 +226,14 @@ def test_bad_messages_go_to_dead_letters_and_the_good_ones_around_them_are_kept(
 
 
 def _sensor_and_job(
-    catalog: Catalog, home: Path, bootstrap: str
+    catalog: Catalog, home: Path, bootstrap: str, linger_seconds: float = 0
 ) -> tuple[dg.Definitions, dg.SensorDefinition, dg.JobDefinition]:
     settings = PlatformSettings(
         home=home,
         start_date=date(2026, 3, 1),
         kafka_bootstrap=bootstrap,
         realtime_max_batch=8,
-        realtime_linger_seconds=0,
+        realtime_linger_seconds=linger_seconds,
     )
     defs = build_definitions(catalog=catalog, settings=settings)
     return (
@@ -304,6 +304,47 @@ def test_sensor_requests_ranges_and_survives_a_lost_cursor_and_a_broker_outage(
 
     realtime = pl.read_delta(str(tmp_path / "tables/realtime/engagement_enriched"))
     assert sorted(realtime["event_id"]) == [f"k-{i:05d}" for i in range(25)]
+
+
+def test_the_next_run_is_requested_when_the_one_in_flight_stops_lingering_before_the_next_tick(
+    topic_catalog: Catalog, kafka_broker: KafkaBroker, stream: KafkaStream, tmp_path: Path
+) -> None:
+    topic = topic_of(topic_catalog)
+    defs, sensor, job = _sensor_and_job(
+        topic_catalog, tmp_path, kafka_broker.bootstrap, linger_seconds=20
+    )
+    stream.produce(topic, [encode(event(i)) for i in range(5)])
+    with dg.instance_for_test() as instance:
+        [request] = _requests(_tick(defs, sensor, instance))
+        run = instance.create_run_for_job(
+            job_def=job, run_config=request.run_config, tags=request.tags
+        )
+
+        def started(seconds_ago: float) -> None:
+            start = dg.DagsterEvent(
+                event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name
+            )
+            instance.report_dagster_event(start, run.run_id, timestamp=time.time() - seconds_ago)
+
+        # The run in flight took its range and lingers; more messages arrive meanwhile.
+        started(seconds_ago=1)
+        RealtimeWriter(topic_catalog, TableLayout(str(tmp_path / "tables")), stream).process(
+            "engagement", 0, 0, 5
+        )
+        stream.produce(topic, [encode(event(i)) for i in range(5, 8)])
+        waiting = _tick(defs, sensor, instance)
+        assert isinstance(waiting, dg.SkipReason)
+        assert f"{topic}/0 lagging 3 messages, a run is in flight" in (waiting.skip_message or "")
+
+        # It stops lingering before the next tick: the next range is asked for now.
+        started(seconds_ago=18)
+        [handover] = _requests(_tick(defs, sensor, instance))
+        assert handover.run_key == f"{topic}/0@5-8"
+
+
+def _requests(tick: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
+    assert isinstance(tick, dg.SensorResult), tick
+    return list(tick.run_requests or [])
 
 
 def test_killed_indexer_resumes_without_loss_or_duplicates(
