@@ -155,12 +155,14 @@ class Reader:
 
 @dataclass(frozen=True)
 class DayWindowReader(Reader):
-    """A ``Reader`` for reads at instants of days taken in ascending order (a spine's days):
-    each stored or signal day of the windows is read once and kept while a later day's window
-    holds it, instead of the whole window being read again for every day. The batch tables
-    are read as they stood when this reader first opened them, so every day of the run sees
-    one version of them (real-time rows are read per day, as ``Reader`` does)."""
+    """A ``Reader`` for reads at instants of days taken in ascending order (a spine's days),
+    of ``users`` only (None: everyone): each stored or signal day of the windows is read once
+    and kept while a later day's window holds it, instead of the whole window being read again
+    for every day. Every day reads the tables' newest versions, as ``Reader`` does: a table
+    that changed since its days were read (a batch run rewrote days and pruned the real-time
+    rows it now holds, a user was forgotten) has them read again."""
 
+    users: pl.Series | None = None
     _tables: dict[str, DeltaTable | None] = field(default_factory=dict)
     _days: dict[tuple[str, str, date], pl.DataFrame] = field(default_factory=dict)
     """Rows held, by sequence, table and day (a signal's rows are those of the sequence)."""
@@ -170,7 +172,9 @@ class DayWindowReader(Reader):
     ) -> pl.LazyFrame:
         first = day - timedelta(days=spec.lookback_days)
         stored_uri, signal_uri = self.layout.sequence(spec), self.layout.signals(spec.signal)
-        held = day_records(self._table(stored_uri), first, day - timedelta(days=1))
+        for uri in (stored_uri, signal_uri):
+            self._refresh(uri)
+        held = day_records(self._tables[stored_uri], first, day - timedelta(days=1))
         window = day_range(first, day)
         stored_days = [d for d in window if d in held]
         signal_days = [d for d in window if d not in held]
@@ -183,7 +187,9 @@ class DayWindowReader(Reader):
             (spec.name, stored_uri),
             stored_days,
             lambda table, days: explode_snapshot(
-                scan_table(table, stored_schema).filter(pl.col(DT).is_in(days)).sort(DT, "user_id"),
+                _of(
+                    scan_table(table, stored_schema).filter(pl.col(DT).is_in(days)), self.users
+                ).sort(DT, "user_id"),
                 spec,
                 DT,
             ),
@@ -192,9 +198,9 @@ class DayWindowReader(Reader):
             (spec.name, signal_uri),
             signal_days,
             lambda table, days: sequence_rows(
-                scan_table(table, signal_schema)
-                .filter(pl.col(DT).is_in(days))
-                .sort(DT, maintain_order=True),
+                _of(
+                    scan_table(table, signal_schema).filter(pl.col(DT).is_in(days)), self.users
+                ).sort(DT, maintain_order=True),
                 spec,
                 DT,
             ),
@@ -204,10 +210,18 @@ class DayWindowReader(Reader):
             del self._days[key]
         return merge_rows(_of(stored, users), _of(signal, users))
 
-    def _table(self, uri: str) -> DeltaTable | None:
-        if uri not in self._tables:
-            self._tables[uri] = open_table(uri, self.layout.storage_options)
-        return self._tables[uri]
+    def _refresh(self, uri: str) -> None:
+        """The table's newest version; the days read from an older one are let go."""
+        table = self._tables.get(uri)
+        if table is None:
+            table = self._tables[uri] = open_table(uri, self.layout.storage_options)
+            read = None
+        else:
+            read = table.version()
+            table.update_incremental()
+        if table is None or table.version() != read:
+            for key in [key for key in self._days if key[1] == uri]:
+                del self._days[key]
 
     def _rows(
         self,
@@ -218,7 +232,7 @@ class DayWindowReader(Reader):
         """The rows of ``days`` of ``source`` (a sequence and a table), in day order: those not
         held yet read in one scan, then each day held (a day without rows as an empty frame)."""
         sequence, uri = source
-        table = self._table(uri)
+        table = self._tables[uri]
         wanted = [d for d in days if (sequence, uri, d) not in self._days]
         if wanted:
             rows = rows_of(table, wanted).collect()

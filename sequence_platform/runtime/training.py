@@ -116,7 +116,7 @@ def training_days(
     """The training rows of a checked spine, a day of ``ts`` at a time (days ascending), so
     that a caller writing them as they come holds one day, never the whole set (and the days
     of the sequences' windows, each read once: see ``DayWindowReader``)."""
-    window = DayWindowReader(reader.catalog, reader.layout)
+    window = DayWindowReader(reader.catalog, reader.layout, checked.valid["user_id"].unique())
     produced = False
     for _, rows in spine_days(checked.valid):
         produced = True
