@@ -33,6 +33,9 @@ from sequence_platform.storage.layout import TableLayout
 SOURCE_TAG = "sequence_platform/source"
 PARTITION_TAG = "sequence_platform/stream_partition"
 RANGE_TAG = "sequence_platform/offsets"
+LINGERS_UNTIL_TAG = "sequence_platform/lingers_until"
+"""Set by a micro-batch run once its first range is committed: until when (Unix time) it takes
+the ranges that arrive."""
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -233,8 +236,13 @@ def microbatch_job(
                 take(writer.process(source.name, config.partition, config.start, config.end))
                 # A launched run is warm: it takes the next ranges itself while they keep
                 # coming, each committed with its own end offset, instead of paying a launch
-                # per batch. The sensor asks for the next run only as this one stops lingering.
+                # per batch.
                 lingering_until = time.monotonic() + settings.linger_seconds
+                # The sensor asks for the next run when this one is about to stop lingering.
+                context.instance.add_run_tags(
+                    context.run.run_id,
+                    {LINGERS_UNTIL_TAG: f"{time.time() + settings.linger_seconds:.3f}"},
+                )
                 while time.monotonic() < lingering_until:
                     end = stream.end_offsets(source.topic_name).get(config.partition, 0)
                     start = writer.committed_offset(source.name, config.partition)
@@ -294,7 +302,7 @@ def stream_sensor(
             if start >= end:
                 notes.append(f"{where} idle at offset {end}")
                 continue
-            in_flight = _run_records(context.instance, source, partition, ACTIVE)
+            in_flight = _runs(context.instance, source, partition, ACTIVE)
             if in_flight and not _hands_over(in_flight, settings):
                 notes.append(f"{where} lagging {end - start:,} messages, a run is in flight")
                 continue
@@ -340,31 +348,18 @@ def stream_sensor(
     return decorate(poll)
 
 
-def _hands_over(in_flight: list[dg.RunRecord], settings: RealtimeSettings) -> bool:
-    """Whether the partition's one run in flight stops lingering before the next tick: the
-    next run is requested now, so that messages arriving meanwhile do not wait for a tick and
-    a launch. The two may overlap; each message is appended once all the same (``append_once``
-    leaves out what the other committed)."""
+def _hands_over(in_flight: list[dg.DagsterRun], settings: RealtimeSettings) -> bool:
+    """Whether the partition's one run in flight, having committed its range, stops lingering
+    before the next tick: the next run is requested now, so that messages arriving meanwhile
+    do not wait for a tick and a launch. The two may overlap; each message is appended once
+    all the same (``append_once`` leaves out what the other committed)."""
     if len(in_flight) != 1:
         return False
-    [record] = in_flight
-    started = record.start_time
-    if record.dagster_run.status != dg.DagsterRunStatus.STARTED or started is None:
-        return False
-    next_tick = time.time() + max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS)
-    return started + settings.linger_seconds < next_tick
-
-
-def _run_records(
-    instance: dg.DagsterInstance,
-    source: SourceSpec,
-    partition: int,
-    statuses: list[dg.DagsterRunStatus],
-) -> list[dg.RunRecord]:
-    tags = {SOURCE_TAG: source.name, PARTITION_TAG: str(partition)}
-    return list(
-        instance.get_run_records(filters=dg.RunsFilter(tags=tags, statuses=statuses), limit=50)
-    )
+    lingers_until = in_flight[0].tags.get(LINGERS_UNTIL_TAG)
+    # The next evaluation comes an interval later, or a daemon loop after that at the latest.
+    interval = max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS)
+    next_tick = time.time() + interval + DAEMON_LOOP_SECONDS
+    return lingers_until is not None and float(lingers_until) < next_tick
 
 
 def _runs(

@@ -22,6 +22,7 @@ from deltalake.exceptions import CommitFailedError
 from sequence_platform.ingest.kafka_broker import KafkaBroker
 from sequence_platform.ingest.stream import KafkaStream
 from sequence_platform.orchestration import build_definitions
+from sequence_platform.orchestration.realtime import LINGERS_UNTIL_TAG
 from sequence_platform.runtime.microbatch import RealtimeWriter
 from sequence_platform.settings import PlatformSettings
 from sequence_platform.spec import load_catalog
@@ -319,25 +320,23 @@ def test_the_next_run_is_requested_when_the_one_in_flight_stops_lingering_before
         run = instance.create_run_for_job(
             job_def=job, run_config=request.run_config, tags=request.tags
         )
+        stream.produce(topic, [encode(event(i)) for i in range(5, 8)])
+        # Still on its first range (no linger deadline yet): the sensor waits for it.
+        waiting = _tick(defs, sensor, instance)
+        assert isinstance(waiting, dg.SkipReason)
+        assert f"{topic}/0 lagging 8 messages, a run is in flight" in (waiting.skip_message or "")
 
-        def started(seconds_ago: float) -> None:
-            start = dg.DagsterEvent(
-                event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name
-            )
-            instance.report_dagster_event(start, run.run_id, timestamp=time.time() - seconds_ago)
-
-        # The run in flight took its range and lingers; more messages arrive meanwhile.
-        started(seconds_ago=1)
+        # It committed its range and lingers for 19 s more: still its to take.
         RealtimeWriter(topic_catalog, TableLayout(str(tmp_path / "tables")), stream).process(
             "engagement", 0, 0, 5
         )
-        stream.produce(topic, [encode(event(i)) for i in range(5, 8)])
+        instance.add_run_tags(run.run_id, {LINGERS_UNTIL_TAG: str(time.time() + 19)})
         waiting = _tick(defs, sensor, instance)
         assert isinstance(waiting, dg.SkipReason)
         assert f"{topic}/0 lagging 3 messages, a run is in flight" in (waiting.skip_message or "")
 
         # It stops lingering before the next tick: the next range is asked for now.
-        started(seconds_ago=18)
+        instance.add_run_tags(run.run_id, {LINGERS_UNTIL_TAG: str(time.time() + 2)})
         [handover] = _requests(_tick(defs, sensor, instance))
         assert handover.run_key == f"{topic}/0@5-8"
 
