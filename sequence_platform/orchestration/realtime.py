@@ -34,8 +34,9 @@ SOURCE_TAG = "sequence_platform/source"
 PARTITION_TAG = "sequence_platform/stream_partition"
 RANGE_TAG = "sequence_platform/offsets"
 LINGERS_UNTIL_TAG = "sequence_platform/lingers_until"
-"""Set by a micro-batch run once its first range is committed: until when (Unix time) it takes
-the ranges that arrive."""
+"""Set by a micro-batch run once its first range is committed: ``<run id> <Unix time>``, until
+when it takes the ranges that arrive (the run id, because a re-executed run inherits the tags of
+the run it retries)."""
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -238,11 +239,7 @@ def microbatch_job(
                 # coming, each committed with its own end offset, instead of paying a launch
                 # per batch.
                 lingering_until = time.monotonic() + settings.linger_seconds
-                # The sensor asks for the next run when this one is about to stop lingering.
-                context.instance.add_run_tags(
-                    context.run.run_id,
-                    {LINGERS_UNTIL_TAG: f"{time.time() + settings.linger_seconds:.3f}"},
-                )
+                _tell_when_lingering_ends(context, settings)
                 while time.monotonic() < lingering_until:
                     end = stream.end_offsets(source.topic_name).get(config.partition, 0)
                     start = writer.committed_offset(source.name, config.partition)
@@ -348,18 +345,37 @@ def stream_sensor(
     return decorate(poll)
 
 
+def _tell_when_lingering_ends(
+    context: dg.AssetExecutionContext, settings: RealtimeSettings
+) -> None:
+    """Tag the run with the time it stops lingering, for the sensor to hand over then; without
+    the tag (it could not be written) the sensor waits for the run to end, as it would."""
+    until = time.time() + settings.linger_seconds
+    try:
+        context.instance.add_run_tags(
+            context.run.run_id, {LINGERS_UNTIL_TAG: f"{context.run.run_id} {until:.3f}"}
+        )
+    except Exception as error:
+        context.log.warning(f"could not tag when lingering ends ({error}); the sensor will wait")
+
+
 def _hands_over(in_flight: list[dg.DagsterRun], settings: RealtimeSettings) -> bool:
     """Whether the partition's one run in flight, having committed its range, stops lingering
     before the next tick: the next run is requested now, so that messages arriving meanwhile
     do not wait for a tick and a launch. The two may overlap; each message is appended once
-    all the same (``append_once`` leaves out what the other committed)."""
+    all the same (``append_once`` leaves out what the other committed). The time is the run
+    host's clock, compared with the sensor's: a skew moves the handover, never a message."""
     if len(in_flight) != 1:
         return False
-    lingers_until = in_flight[0].tags.get(LINGERS_UNTIL_TAG)
+    [run] = in_flight
+    tagged = run.tags.get(LINGERS_UNTIL_TAG, "").split()
+    try:
+        run_id, until = tagged[0], float(tagged[1])
+    except (IndexError, ValueError):
+        return False  # not tagged yet (or the tag is not ours to read): wait for the run
     # The next evaluation comes an interval later, or a daemon loop after that at the latest.
     interval = max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS)
-    next_tick = time.time() + interval + DAEMON_LOOP_SECONDS
-    return lingers_until is not None and float(lingers_until) < next_tick
+    return run_id == run.run_id and until < time.time() + interval + DAEMON_LOOP_SECONDS
 
 
 def _runs(

@@ -330,15 +330,34 @@ def test_the_next_run_is_requested_when_the_one_in_flight_stops_lingering_before
         RealtimeWriter(topic_catalog, TableLayout(str(tmp_path / "tables")), stream).process(
             "engagement", 0, 0, 5
         )
-        instance.add_run_tags(run.run_id, {LINGERS_UNTIL_TAG: str(time.time() + 19)})
+
+        def lingers_until(seconds: float, run_id: str = run.run_id) -> None:
+            tag = f"{run_id} {time.time() + seconds}"
+            instance.add_run_tags(run.run_id, {LINGERS_UNTIL_TAG: tag})
+
+        # A tag it did not write (mangled; inherited from the run it re-executes): it waits.
+        instance.add_run_tags(run.run_id, {LINGERS_UNTIL_TAG: "soon"})
+        assert isinstance(_tick(defs, sensor, instance), dg.SkipReason)
+        lingers_until(2, run_id="an-earlier-run")
+        assert isinstance(_tick(defs, sensor, instance), dg.SkipReason)
+
+        lingers_until(19)
         waiting = _tick(defs, sensor, instance)
         assert isinstance(waiting, dg.SkipReason)
         assert f"{topic}/0 lagging 3 messages, a run is in flight" in (waiting.skip_message or "")
 
         # It stops lingering before the next tick: the next range is asked for now.
-        instance.add_run_tags(run.run_id, {LINGERS_UNTIL_TAG: str(time.time() + 2)})
+        lingers_until(2)
         [handover] = _requests(_tick(defs, sensor, instance))
         assert handover.run_key == f"{topic}/0@5-8"
+
+        # A run tags itself once its range is committed (here it lingers no time at all).
+        result = job.execute_in_process(
+            run_config=handover.run_config, instance=instance, tags=handover.tags
+        )
+        tag = instance.get_run_by_id(result.run_id).tags[LINGERS_UNTIL_TAG]  # type: ignore[union-attr]
+        assert tag.split()[0] == result.run_id
+        assert abs(float(tag.split()[1]) - time.time()) < 60
 
 
 def _requests(tick: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
