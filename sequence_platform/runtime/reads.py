@@ -182,28 +182,12 @@ class DayWindowReader(Reader):
         stored_schema = pl.Schema(
             {"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}
         )
-        signal_schema = self.catalog.signal_schema(spec.signal)
+        # In the order Reader.batch_rows_for_day reads them (the first copy of an event wins).
         stored = self._rows(
-            (spec.name, stored_uri),
-            stored_days,
-            lambda table, days: explode_snapshot(
-                _of(
-                    scan_table(table, stored_schema).filter(pl.col(DT).is_in(days)), self.users
-                ).sort(DT, "user_id"),
-                spec,
-                DT,
-            ),
+            spec, stored_uri, stored_schema, stored_days, explode_snapshot, "user_id"
         )
         signal = self._rows(
-            (spec.name, signal_uri),
-            signal_days,
-            lambda table, days: sequence_rows(
-                _of(
-                    scan_table(table, signal_schema).filter(pl.col(DT).is_in(days)), self.users
-                ).sort(DT, maintain_order=True),
-                spec,
-                DT,
-            ),
+            spec, signal_uri, self.catalog.signal_schema(spec.signal), signal_days, sequence_rows
         )
         # Days no later window holds are let go (days come in ascending order).
         for key in [key for key in self._days if key[0] == spec.name and key[2] < first]:
@@ -225,24 +209,30 @@ class DayWindowReader(Reader):
 
     def _rows(
         self,
-        source: tuple[str, str],
+        spec: SequenceSpec,
+        uri: str,
+        schema: pl.Schema,
         days: list[date],
-        rows_of: Callable[[DeltaTable | None, list[date]], pl.LazyFrame],
+        as_rows: Callable[..., pl.LazyFrame],
+        *order: str,
     ) -> pl.LazyFrame:
-        """The rows of ``days`` of ``source`` (a sequence and a table), in day order: those not
-        held yet read in one scan, then each day held (a day without rows as an empty frame)."""
-        sequence, uri = source
-        table = self._tables[uri]
-        wanted = [d for d in days if (sequence, uri, d) not in self._days]
+        """``as_rows`` (``explode_snapshot`` or ``sequence_rows``) of ``days`` of the table, in
+        day order (then ``order``): the days not held yet read in one scan, then each day held
+        (a day without rows as an empty frame)."""
+        wanted = [d for d in days if (spec.name, uri, d) not in self._days]
         if wanted:
-            rows = rows_of(table, wanted).collect()
+            scanned = _of(scan_table(self._tables[uri], schema), self.users)
+            rows = as_rows(
+                scanned.filter(pl.col(DT).is_in(wanted)).sort(DT, *order, maintain_order=True),
+                spec,
+                DT,
+            ).collect()
             parts = rows.partition_by(DT, as_dict=True, maintain_order=True, include_key=False)
-            empty = rows.drop(DT).clear()
             for d in wanted:
-                self._days[(sequence, uri, d)] = parts.get((d,), empty)
+                self._days[(spec.name, uri, d)] = parts.get((d,), rows.drop(DT).clear())
         if not days:
-            return rows_of(None, []).drop(DT)
-        return pl.concat([self._days[(sequence, uri, d)] for d in days], how="vertical").lazy()
+            return as_rows(scan_table(None, schema), spec, DT).drop(DT)
+        return pl.concat([self._days[(spec.name, uri, d)] for d in days], how="vertical").lazy()
 
 
 _QUERY = "__query"
