@@ -55,6 +55,12 @@ class RealtimeSettings:
     minimum_interval_seconds: int = DAEMON_LOOP_SECONDS
     linger_seconds: float = 20.0
 
+    @property
+    def sensor_interval(self) -> int:
+        """How often the stream sensor is evaluated: the daemon's loop is the floor (less
+        would show the UI a frequency it never has)."""
+        return max(self.minimum_interval_seconds, DAEMON_LOOP_SECONDS)
+
 
 class MicroBatchConfig(dg.Config):
     partition: int
@@ -334,8 +340,7 @@ def stream_sensor(
     decorate = dg.sensor(
         name=f"{source.name}_stream",
         job=job,
-        # The daemon's loop is the floor: less would show the UI a frequency it never has.
-        minimum_interval_seconds=max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS),
+        minimum_interval_seconds=settings.sensor_interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Polls the '{source.topic_name}' stream and requests a micro-batch for each new "
@@ -374,8 +379,8 @@ def _hands_over(in_flight: list[dg.DagsterRun], settings: RealtimeSettings) -> b
     except (IndexError, ValueError):
         return False  # not tagged yet (or the tag is not ours to read): wait for the run
     # The next evaluation comes an interval later, or a daemon loop after that at the latest.
-    interval = max(settings.minimum_interval_seconds, DAEMON_LOOP_SECONDS)
-    return run_id == run.run_id and until < time.time() + interval + DAEMON_LOOP_SECONDS
+    next_tick = time.time() + settings.sensor_interval + DAEMON_LOOP_SECONDS
+    return run_id == run.run_id and until < next_tick
 
 
 def _runs(

@@ -28,7 +28,6 @@ from sequence_platform.spec.catalog import Catalog
 from sequence_platform.storage.delta import (
     DT,
     append_once,
-    committed_version,
     committed_versions,
     per_day,
     scan_days,
@@ -120,11 +119,8 @@ class RealtimeWriter:
         ]
 
     def committed_offsets(self, source: str, partition: int) -> dict[str, int]:
-        topic = self.catalog.sources[source].topic_name
-        return {
-            uri: committed_version(uri, app_id(topic, partition), self.layout.storage_options)
-            for uri in self.tables(source)
-        }
+        """Per table of ``source``, the offset up to which it holds the partition's messages."""
+        return self._committed(source, [partition])[partition]
 
     def committed_offset(self, source: str, partition: int) -> int:
         """The offset up to which every table of ``source`` holds the partition's messages."""
@@ -134,14 +130,18 @@ class RealtimeWriter:
         self, source: str, partitions: Iterable[int]
     ) -> dict[int, int]:
         """``committed_offset`` of each of ``partitions``, each table's log read once."""
+        committed = self._committed(source, partitions)
+        return {partition: min(tables.values()) for partition, tables in committed.items()}
+
+    def _committed(self, source: str, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
         topic = self.catalog.sources[source].topic_name
         ids = {partition: app_id(topic, partition) for partition in partitions}
-        per_table = [
-            committed_versions(uri, ids.values(), self.layout.storage_options)
+        per_table = {
+            uri: committed_versions(uri, ids.values(), self.layout.storage_options)
             for uri in self.tables(source)
-        ]
+        }
         return {
-            partition: min(versions[identity] for versions in per_table)
+            partition: {uri: versions[identity] for uri, versions in per_table.items()}
             for partition, identity in ids.items()
         }
 
@@ -169,10 +169,11 @@ class RealtimeWriter:
             self.layout.dead_letters(source): dead,
         }
         events = deduplicate_events(archive.lazy().drop(DT, STREAM_PARTITION, STREAM_OFFSET))
+        # Each signal row carries the offset of its event's first copy, the one that counted.
+        offsets = archive.select("event_id", STREAM_PARTITION, STREAM_OFFSET).filter(
+            pl.col("event_id").is_first_distinct()
+        )
         for signal in self.catalog.signals_of_source[source]:
-            offsets = archive.select("event_id", STREAM_PARTITION, STREAM_OFFSET).unique(
-                "event_id", keep="first", maintain_order=True
-            )
             rows = (
                 build_signal(events, self._feature_frames(signal.name), signal, self.catalog)
                 .join(offsets.lazy(), on="event_id", how="left")
@@ -185,11 +186,12 @@ class RealtimeWriter:
         identity = app_id(spec.topic_name, partition)
         for uri, frame in tables.items():
             try:
-                # What another writer of the partition appended since ``done`` was read, and
-                # forgotten users' messages (consumed, not kept), are left out at the commit.
+                # What the table holds already (``done``, or more if another writer of the
+                # partition committed since), and forgotten users' messages (consumed, not
+                # kept), are left out at the commit.
                 written = append_once(
                     uri,
-                    frame.filter(pl.col(STREAM_OFFSET) >= done[uri]),
+                    frame,
                     identity,
                     end,
                     self.layout.storage_options,

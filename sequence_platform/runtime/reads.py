@@ -33,7 +33,6 @@ from sequence_platform.storage.delta import (
     day_range,
     day_records,
     open_table,
-    records_per_day,
     scan_days,
     scan_table,
 )
@@ -65,15 +64,15 @@ class Reader:
         """The batch's part of ``rows_for_day``: stored days, else signal days, in day order."""
         first = day - timedelta(days=spec.lookback_days)
         options = self.layout.storage_options
-        stored_uri = self.layout.sequence(spec)
-        stored_days = set(records_per_day(stored_uri, first, day - timedelta(days=1), options))
+        # One version of the stored table for both: which days it holds, and their rows.
+        stored_table = open_table(self.layout.sequence(spec), options)
+        stored_days = set(day_records(stored_table, first, day - timedelta(days=1)))
         element = self.catalog.sequence_element_schema(spec.name)
-        stored = scan_days(
-            stored_uri,
+        stored = scan_table(
+            stored_table,
             pl.Schema({"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}),
             first,
             day - timedelta(days=1),
-            options,
         )
         missing = [d for d in day_range(first, day) if d not in stored_days]
         signal = scan_days(
@@ -213,7 +212,7 @@ class DayWindowReader(Reader):
         uri: str,
         schema: pl.Schema,
         days: list[date],
-        as_rows: Callable[..., pl.LazyFrame],
+        as_rows: Callable[[pl.LazyFrame, SequenceSpec, str], pl.LazyFrame],
         *order: str,
     ) -> pl.LazyFrame:
         """``as_rows`` (``explode_snapshot`` or ``sequence_rows``) of ``days`` of the table, in
@@ -228,8 +227,9 @@ class DayWindowReader(Reader):
                 DT,
             ).collect()
             parts = rows.partition_by(DT, as_dict=True, maintain_order=True, include_key=False)
+            empty = rows.drop(DT).clear()
             for d in wanted:
-                self._days[(spec.name, uri, d)] = parts.get((d,), rows.drop(DT).clear())
+                self._days[(spec.name, uri, d)] = parts.get((d,), empty)
         if not days:
             return as_rows(scan_table(None, schema), spec, DT).drop(DT)
         return pl.concat([self._days[(spec.name, uri, d)] for d in days], how="vertical").lazy()
