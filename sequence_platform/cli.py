@@ -288,10 +288,7 @@ def _materialize(args: argparse.Namespace) -> int:
         names = ", ".join(key.to_user_string() for key in known)
         print(f"Unknown asset {', '.join(unknown)}; the assets are: {names}", file=sys.stderr)
         return 2
-    print(
-        f"Materializing {start} to {end} through Dagster "
-        f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})"
-    )
+    print(f"Materializing {start} to {end} through Dagster (DAGSTER_HOME={_dagster_home()})")
 
     def report(run: AssetRun) -> None:
         status = "ok" if run.success else "FAILED"
@@ -350,12 +347,17 @@ INTERRUPTED = "DagsterExecutionInterruptedError"
 """How a run stopped by Ctrl-C (SIGINT) names its failure."""
 
 
+def _dagster_home() -> Path:
+    """``DAGSTER_HOME``, the project-local one unless set, so that ``make ui`` shows the runs
+    made here."""
+    return Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute())))
+
+
 def _dagster_instance() -> dg.DagsterInstance:
-    """The project-local Dagster instance, so that ``make ui`` shows the runs made here."""
+    """The instance in ``_dagster_home()``."""
     from sequence_platform.orchestration.instance import open_instance
 
-    home = os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).absolute()))
-    return open_instance(Path(home))
+    return open_instance(_dagster_home())
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -347,3 +347,24 @@ def test_training_set_from_the_demo_spine(tmp_path: Path) -> None:
         env=env,
     )
     assert refused.returncode == 2 and "the spine has no column ts" in refused.stderr
+
+
+MATERIALIZE_ONE_DAY = ("--end=2026-03-01", "--select=features/items")
+
+
+def test_materialize_without_dagster_home_uses_the_project_local_one(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _small_landing(home, {})
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env.update(SEQUENCE_PLATFORM_HOME=str(home), SEQUENCE_PLATFORM_START_DATE="2026-03-01")
+    done = subprocess.run(
+        [*(sys.executable, "-m", "sequence_platform.cli", "materialize"), *MATERIALIZE_ONE_DAY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"DAGSTER_HOME={tmp_path / '.dagster_home'}" in done.stdout
+    assert (tmp_path / ".dagster_home" / "dagster.yaml").exists()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time
 import dagster as dg
 
 from sequence_platform.orchestration.assets import build_assets
-from sequence_platform.orchestration.keys import daily_batch
+from sequence_platform.orchestration.keys import DAILY_GROUPS, daily_batch
 from sequence_platform.orchestration.late_data import late_data_sensor
 from sequence_platform.orchestration.maintenance import maintenance_jobs, maintenance_schedules
 from sequence_platform.orchestration.orphans import orphaned_runs_sensor
@@ -53,9 +53,7 @@ def build_definitions(
     batch_job = dg.define_asset_job(
         BATCH_JOB,
         selection=daily_batch(),
-        description=(
-            "Every computed asset for one day: events, features, signals, sequences, training sets."
-        ),
+        description=f"Every computed asset for one day: {', '.join(DAILY_GROUPS)}.",
     )
     maintenance = maintenance_jobs(catalog)
     return dg.Definitions(

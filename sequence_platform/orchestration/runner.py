@@ -55,8 +55,9 @@ def materialize_days(
 ) -> list[AssetRun]:
     """Materialize ``keys`` (default: all) for days ``start..end`` in one run, each asset
     after those it reads. Returns one summary per asset, in dependency order."""
-    selected = keys or computed_asset_keys(defs)
-    order = [key for key in computed_asset_keys(defs) if key in set(selected)]
+    known = computed_asset_keys(defs)
+    selected = set(keys or known)
+    order = [key for key in known if key in selected]
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         instance=instance,

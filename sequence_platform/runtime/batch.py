@@ -168,8 +168,9 @@ class StepOutcome:
 
 
 CHUNK_ROWS = 300_000
-"""Most rows a step holds in memory at once: a range is computed and written in chunks of
-whole days up to this many input rows (a day larger than this is a chunk of its own)."""
+"""Most input rows of a chunk: a range is computed and written in chunks of whole days up to
+this many input rows (a day larger than this is a chunk of its own); a step holds two chunks,
+one being written while the next is computed."""
 SIGNAL_CHUNK_ROWS = 1_000_000
 """The same for signal steps: they read narrow event rows and keep a fraction of them, and
 each chunk pays for reading the feature versions up to its last day and for a commit (at 5M
