@@ -246,17 +246,23 @@ def microbatch_job(
                 # per batch.
                 lingering_until = time.monotonic() + settings.linger_seconds
                 _tell_when_lingering_ends(context, settings)
+                # Where this run's commits reached; the tables are read only when the stream
+                # has more (``process`` starts from what they hold, which another writer of
+                # the partition may have moved further).
+                position = config.end
                 while time.monotonic() < lingering_until:
                     end = stream.end_offsets(source.topic_name).get(config.partition, 0)
-                    start = writer.committed_offset(source.name, config.partition)
-                    if start >= end:
+                    if position >= end:
                         time.sleep(0.1)
                         continue
-                    stop = min(end, start + settings.max_batch_messages)
+                    stop = min(end, position + settings.max_batch_messages)
                     try:
-                        take(writer.process(source.name, config.partition, start, stop))
+                        outcome = writer.process(source.name, config.partition, position, stop)
                     except CommitFailedError:
-                        continue  # another writer (an indexer) got there first: re-read offsets
+                        continue  # another writer (an indexer) got there first: read again
+                    position = stop
+                    if outcome.messages:
+                        take(outcome)
         except Exception as error:
             failure = error  # what earlier ranges committed is recorded all the same
         for signal in signals:
