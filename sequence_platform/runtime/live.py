@@ -57,6 +57,9 @@ class ContinuousIndexer:
         self._features: dict[str, pl.DataFrame] = {}
         self._features_checked = 0.0
         self._positions: dict[tuple[str, int], int] = {}
+        # One writer for the indexer's life: it keeps what it read of the tombstones, and
+        # reads the feature frames _fresh_features refreshes in place.
+        self._writer = RealtimeWriter(catalog, layout, stream, features=self._features)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -80,9 +83,8 @@ class ContinuousIndexer:
 
     def poll_once(self) -> bool:
         """Process one batch of every partition that has new messages; True if any had."""
-        writer = RealtimeWriter(
-            self.catalog, self.layout, self.stream, features=self._fresh_features()
-        )
+        self._fresh_features()
+        writer = self._writer
         worked = False
         for source in self.catalog.sources.values():
             for partition, end in self.stream.end_offsets(source.topic_name).items():
@@ -100,11 +102,12 @@ class ContinuousIndexer:
                     self.on_batch(outcome)
         return worked
 
-    def _fresh_features(self) -> dict[str, pl.DataFrame]:
-        """Feature tables in memory, re-read only when their Delta version moved."""
+    def _fresh_features(self) -> None:
+        """Refresh the feature tables in memory (in place), re-reading only those whose Delta
+        version moved."""
         now = time.monotonic()
         if self._features and now - self._features_checked < self.settings.feature_refresh_seconds:
-            return self._features
+            return
         self._features_checked = now
         for table in self.catalog.feature_tables:
             uri = self.layout.features(table)
@@ -121,7 +124,6 @@ class ContinuousIndexer:
                 .collect()
             )
             self._feature_versions[table] = version
-        return self._features
 
 
 Message = tuple[bytes | None, bytes | None]

@@ -106,7 +106,8 @@ class RealtimeWriter:
         self.catalog = catalog
         self.layout = layout
         self.stream = stream
-        self._features = dict(features) if features is not None else None
+        # Read at every batch: a caller may refresh the frames in place between batches.
+        self._features = features
         self.tombstones = Tombstones(layout)
 
     def tables(self, source: str) -> list[str]:
