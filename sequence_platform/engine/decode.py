@@ -84,19 +84,21 @@ def validate_events(
     *,
     required: Collection[str] = tuple(REQUIRED_EVENT_FIELDS),
     time_field: str = "event_time",
+    carry: Collection[str] = (),
 ) -> DecodedEvents:
     """Split ``frame`` into records of ``schema`` and dead letters.
 
     ``frame`` holds the fields as text (from JSON) or already typed (from Parquet), an
     ``origin`` column, and optionally ``record`` and an earlier ``reason``. ``required`` fields
     must be present; ``time_field`` must be a plausible time. Feature rows use the same rules
-    with their key and as-of column.
+    with their key and as-of column. The ``carry`` columns are not part of a record: they are
+    passed through, unchanged, to both results (which landing day a row came from, say).
     """
     if REASON not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
     record = pl.col(RECORD)
     if RECORD not in frame.columns:
-        present = [name for name in frame.columns if name not in (ORIGIN, REASON)]
+        present = [name for name in frame.columns if name not in (ORIGIN, REASON, *carry)]
         # Binary values have no JSON form: they are kept as hex.
         readable = {
             n: pl.col(n).bin.encode("hex") if frame.schema[n] == pl.Binary else pl.col(n)
@@ -161,12 +163,12 @@ def validate_events(
     )
     checked = frame.with_columns(broken.alias("__broken"))
     valid = checked.filter(~pl.col("__broken")).select(
-        *(pl.col(f"__{name}").alias(name) for name in schema), pl.col(ORIGIN)
+        *(pl.col(f"__{name}").alias(name) for name in schema), pl.col(ORIGIN), *carry
     )
     # The first rule a row breaks is its reason (an earlier reason, from decoding, first).
     reason = pl.coalesce(pl.col(REASON), *(pl.when(broken).then(text) for broken, text in rules))
     rejected = checked.filter(pl.col("__broken")).select(
-        record.alias(RECORD), reason.alias(REASON), pl.col(ORIGIN)
+        record.alias(RECORD), reason.alias(REASON), pl.col(ORIGIN), *carry
     )
     return DecodedEvents(valid, rejected)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import polars as pl
 
 from sequence_platform.engine.decode import (
+    DEAD_LETTER_SCHEMA,
     ORIGIN,
     REASON,
     RECORD,
@@ -26,7 +28,7 @@ from sequence_platform.engine.decode import (
     decode_json_records,
     validate_events,
 )
-from sequence_platform.spec.types import TIMESTAMP
+from sequence_platform.engine.sequence import DAY
 
 log = logging.getLogger(__name__)
 
@@ -88,39 +90,88 @@ def read_landing_day(
     required: tuple[str, ...],
     time_field: str,
 ) -> DecodedEvents:
-    """Validated rows of one landing day and the rejects, each with its file and row as origin.
+    """Validated rows of one landing day and the rejects, each with its file and row as origin
+    (``read_landing_days`` for one day, without the day column)."""
+    decoded = read_landing_days(home, name, [day], schema, required=required, time_field=time_field)
+    return DecodedEvents(decoded.valid.drop(DAY), decoded.rejected.drop(DAY))
 
-    A row whose time is not on ``day`` is refused: the landing contract puts every row in the
-    folder of its UTC date, and a day is rewritten as a whole.
+
+def read_landing_days(
+    home: Path,
+    name: str,
+    days: Sequence[date],
+    schema: pl.Schema,
+    *,
+    required: tuple[str, ...],
+    time_field: str,
+) -> DecodedEvents:
+    """Validated rows of the landing days and the rejects, in the order of the days and of
+    their files, each with its file and row as origin and its landing day in column ``dt``.
+
+    A row whose time is not on its landing day is refused: the landing contract puts every
+    row in the folder of its UTC date, and a day is rewritten as a whole. Parquet files of the
+    same schema are validated together, in one pass (a pass per file cost a chunk of 30 days
+    0.35 s, against 0.05 s for one), which gives the same rows: each rule looks at one row.
     """
+    by_schema: dict[tuple[tuple[str, pl.DataType], ...], list[pl.DataFrame]] = {}
     parts: list[DecodedEvents] = []
-    for path in landing_files(home, name, day):
-        label = f"landing/{name}/dt={day.isoformat()}/{path.name}"
-        if path.suffix.lower() in JSON_LINES_SUFFIXES:
-            lines = path.read_bytes().splitlines()
-            origins = [f"{label}:{line}" for line in range(1, len(lines) + 1)]
-            parts.append(
-                decode_json_records(
+    position = 0
+    for day in days:
+        for path in landing_files(home, name, day):
+            label = f"landing/{name}/dt={day.isoformat()}/{path.name}"
+            where = (pl.lit(position).alias(_FILE), pl.lit(day).alias(_DAY))
+            position += 1
+            if path.suffix.lower() in JSON_LINES_SUFFIXES:
+                lines = path.read_bytes().splitlines()
+                origins = [f"{label}:{line}" for line in range(1, len(lines) + 1)]
+                decoded = decode_json_records(
                     lines, origins, schema, required=required, time_field=time_field
                 )
+                parts.append(
+                    DecodedEvents(
+                        decoded.valid.with_columns(where), decoded.rejected.with_columns(where)
+                    )
+                )
+            else:
+                frame = _read_parquet(path, name, day).with_columns(
+                    pl.format("{}:{}", pl.lit(label), pl.int_range(1, pl.len() + 1)).alias(ORIGIN),
+                    *where,
+                )
+                by_schema.setdefault(tuple(frame.schema.items()), []).append(frame)
+    for frames in by_schema.values():
+        parts.append(
+            validate_events(
+                pl.concat(frames),
+                schema,
+                required=required,
+                time_field=time_field,
+                carry=(_FILE, _DAY),
             )
-        else:
-            frame = _read_parquet(path, name, day)
-            frame = frame.with_columns(
-                pl.format("{}:{}", pl.lit(label), pl.int_range(1, pl.len() + 1)).alias(ORIGIN)
-            )
-            parts.append(validate_events(frame, schema, required=required, time_field=time_field))
-    valid = (
-        pl.concat([part.valid for part in parts], how="vertical_relaxed")
-        if parts
-        else pl.DataFrame(schema={**dict(schema), ORIGIN: pl.String()})
+        )
+    return _refuse_other_days(
+        DecodedEvents(
+            _in_file_order([part.valid for part in parts], {**dict(schema), ORIGIN: pl.String()}),
+            _in_file_order([part.rejected for part in parts], dict(DEAD_LETTER_SCHEMA)),
+        ),
+        time_field,
     )
-    rejected = (
-        pl.concat([part.rejected for part in parts], how="vertical_relaxed")
-        if parts
-        else pl.DataFrame(schema={RECORD: pl.String(), REASON: pl.String(), ORIGIN: pl.String()})
-    )
-    return _refuse_other_days(DecodedEvents(valid, rejected), day, time_field)
+
+
+_FILE = "__landing_file__"
+"""While days are read: the position of a row's file among the files read."""
+_DAY = "__landing_day__"
+"""While days are read: the landing day of a row's file."""
+
+
+def _in_file_order(parts: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The parts as one frame in the order of their files, then rows (a stable sort: the
+    parts of one schema hold their files in order), with the landing day as ``dt``."""
+    if not parts:
+        return pl.DataFrame(schema={**schema, DAY: pl.Date()})
+    rows = pl.concat(parts, how="vertical_relaxed")
+    if len(parts) > 1:
+        rows = rows.sort(_FILE, maintain_order=True)
+    return rows.drop(_FILE).rename({_DAY: DAY})
 
 
 def _read_parquet(path: Path, name: str, day: date) -> pl.DataFrame:
@@ -131,28 +182,27 @@ def _read_parquet(path: Path, name: str, day: date) -> pl.DataFrame:
         raise UnreadableLandingFile(path, name, day, problem) from error
 
 
-def _refuse_other_days(decoded: DecodedEvents, day: date, time_field: str) -> DecodedEvents:
-    start = datetime.combine(day, time(0), tzinfo=UTC)
-    end = start + timedelta(days=1)
-    on_day = pl.col(time_field).is_between(
-        pl.lit(start, dtype=TIMESTAMP), pl.lit(end, dtype=TIMESTAMP), closed="left"
-    )
+def _refuse_other_days(decoded: DecodedEvents, time_field: str) -> DecodedEvents:
+    on_day = pl.col(time_field).dt.date() == pl.col(DAY)
     elsewhere = decoded.valid.filter(~on_day)
     if elsewhere.is_empty():
         return decoded
     moved = elsewhere.select(
-        pl.struct(pl.exclude(ORIGIN)).struct.json_encode().alias(RECORD),
+        pl.struct(pl.exclude(ORIGIN, DAY)).struct.json_encode().alias(RECORD),
         pl.format(
             "field '{}': {} is not on the landing day dt={}",
             pl.lit(time_field),
             pl.col(time_field).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
-            pl.lit(day.isoformat()),
+            pl.col(DAY).dt.to_string("%Y-%m-%d"),
         ).alias(REASON),
         pl.col(ORIGIN),
+        pl.col(DAY),
     )
-    return DecodedEvents(
-        decoded.valid.filter(on_day), pl.concat([decoded.rejected, moved], how="vertical_relaxed")
+    # Each day's rejects, then the rows its files held for other days (sorted stably).
+    rejected = pl.concat([decoded.rejected, moved], how="vertical_relaxed").sort(
+        DAY, maintain_order=True
     )
+    return DecodedEvents(decoded.valid.filter(on_day), rejected)
 
 
 def landing_fingerprint(home: Path, name: str, day: date) -> str:

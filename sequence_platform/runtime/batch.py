@@ -25,7 +25,7 @@ from sequence_platform.engine.decode import ORIGIN, REASON, RECORD, DecodedEvent
 from sequence_platform.engine.sequence import day_rows
 from sequence_platform.engine.signal import build_signal as enrich_events
 from sequence_platform.engine.signal import deduplicate_events
-from sequence_platform.ingest.landing import landing_files, read_landing_day
+from sequence_platform.ingest.landing import landing_files, read_landing_days
 from sequence_platform.runtime.microbatch import CHANNEL, DEAD_LETTER_COLUMNS, STREAM_OFFSET
 from sequence_platform.runtime.reads import Reader
 from sequence_platform.runtime.tombstones import Tombstones, without_forgotten
@@ -250,12 +250,16 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     stream archive, the landing copy winning. Landing rejects go to dead letters."""
     schema = ctx.catalog.event_schema(source)
     required = tuple(REQUIRED_EVENT_FIELDS)
-    decoded = [
-        read_landing_day(ctx.home, source, day, schema, required=required, time_field="event_time")
-        for day in day_range(start, end)
-    ]
+    decoded = read_landing_days(
+        ctx.home,
+        source,
+        day_range(start, end),
+        schema,
+        required=required,
+        time_field="event_time",
+    )
     forgotten = ctx.tombstones.users()
-    landed = pl.concat([d.valid for d in decoded], how="vertical_relaxed").drop(ORIGIN)
+    landed = decoded.valid.drop(ORIGIN, DT)
     landed = without_forgotten(landed, forgotten)
     streamed = scan_days(
         ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
@@ -280,7 +284,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     origins = tagged.group_by(DT, FROM_LANDING).len()
     events = tagged.drop(FROM_LANDING)
     del tagged
-    dead = without_forgotten(_landing_dead_letters(decoded, start, end), forgotten)
+    dead = without_forgotten(_landing_dead_letters(decoded), forgotten)
     stats = ctx.write_days(ctx.layout.events(source), events, start, end)
     # The stream's dead letters share the table; a landing day replaces only its own.
     rewritten = _write_dead_letters(
@@ -373,18 +377,10 @@ def _cross_day_copies(
     return landed_elsewhere, dict(stale.iter_rows())
 
 
-def _landing_dead_letters(decoded: list[DecodedEvents], start: date, end: date) -> pl.DataFrame:
-    rejected = [
-        part.rejected.with_columns(pl.lit(day).alias(DT))
-        for day, part in zip(day_range(start, end), decoded, strict=True)
-    ]
-    return (
-        pl.concat(rejected, how="vertical_relaxed")
-        .with_columns(
-            pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
-        )
-        .select(DEAD_LETTER_COLUMNS)
-    )
+def _landing_dead_letters(decoded: DecodedEvents) -> pl.DataFrame:
+    return decoded.rejected.with_columns(
+        pl.lit("landing").alias(CHANNEL), pl.lit(None, dtype=pl.Int64).alias(STREAM_OFFSET)
+    ).select(DEAD_LETTER_COLUMNS)
 
 
 def _write_dead_letters(
@@ -408,20 +404,18 @@ def build_features(ctx: BatchContext, table: str, start: date, end: date) -> Ste
     """Validated feature versions of ``table`` whose as-of time falls on the days."""
     spec = ctx.catalog.feature_tables[table]
     schema = ctx.catalog.feature_schema(table)
-    decoded = [
-        read_landing_day(
-            ctx.home, table, day, schema, required=(spec.key, spec.as_of), time_field=spec.as_of
-        )
-        for day in day_range(start, end)
-    ]
-    rows = (
-        pl.concat([d.valid for d in decoded], how="vertical_relaxed")
-        .drop(ORIGIN)
-        .with_columns(pl.col(spec.as_of).dt.date().alias(DT))
-        .sort(DT, spec.key, spec.as_of)
+    decoded = read_landing_days(
+        ctx.home,
+        table,
+        day_range(start, end),
+        schema,
+        required=(spec.key, spec.as_of),
+        time_field=spec.as_of,
     )
+    # A row's landing day is its as-of day (others were refused).
+    rows = decoded.valid.drop(ORIGIN).sort(DT, spec.key, spec.as_of)
     stats = ctx.write_days(ctx.layout.features(table), rows, start, end)
-    dead = _landing_dead_letters(decoded, start, end)
+    dead = _landing_dead_letters(decoded)
     rewritten = _write_dead_letters(ctx, table, dead, start, end)
     return StepOutcome(rows, stats, {"dead_letters": per_day(dead)}, dead_letters=rewritten)
 

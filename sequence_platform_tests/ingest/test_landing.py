@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from sequence_platform.engine.decode import MAX_RECORD_BYTES
 from sequence_platform.ingest.landing import (
@@ -18,6 +19,7 @@ from sequence_platform.ingest.landing import (
     landing_dir,
     landing_files,
     read_landing_day,
+    read_landing_days,
 )
 from sequence_platform.spec import Catalog, LoadedDefinition, SourceSpec
 from sequence_platform.spec.models import REQUIRED_EVENT_FIELDS
@@ -213,4 +215,68 @@ def test_one_size_limit_for_parquet_rows_and_json_lines(folder: Path) -> None:
             f"record of {len(json_line):,} bytes {limit}",
             f"{LABEL}/part-1.jsonl:1",
         ),
+    ]
+
+
+def test_days_read_together_give_each_day_read_alone_in_file_order(tmp_path: Path) -> None:
+    """A range validates Parquet files of one schema in one pass: the rows, rejects and their
+    order are those of reading each day (here, each file) on its own. Files of two schemas and
+    a JSON export interleave, so a result left in the order of the passes would differ."""
+    days = [date(2026, 3, d) for d in (1, 2, 3, 4)]
+    folders = [landing_dir(tmp_path, "engagement", day) for day in days]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    write_parquet(
+        folders[0] / "part-0.parquet",
+        event("x", surface="first"),
+        event("a", user_id=None),
+        event("next-day", event_time="2026-03-02T01:00:00Z"),
+        event("b"),
+    )
+    (folders[1] / "part-0.jsonl").write_bytes(
+        b"\n".join(
+            [
+                line("x", event_time="2026-03-02T09:00:00Z", surface="json"),
+                b"{not json",
+                line("c", event_time="2026-03-01T23:00:00Z"),
+            ]
+        )
+    )
+    # Another schema: times as text, and a column the definition does not name.
+    pl.DataFrame(
+        [
+            event("x", event_time="2026-03-03T08:00:00Z", surface="text", note="n"),
+            event("d", event_time="not a time", note="n"),
+        ]
+    ).write_parquet(folders[2] / "part-0.parquet")
+    write_parquet(
+        folders[3] / "part-0.parquet",
+        event("e", event_time="2026-03-04T07:00:00Z"),
+        event("y", event_time="2026-03-04T07:00:00Z", item_id=None),
+    )
+
+    def read(chosen: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        decoded = read_landing_days(
+            tmp_path,
+            "engagement",
+            chosen,
+            SCHEMA,
+            required=tuple(REQUIRED_EVENT_FIELDS),
+            time_field="event_time",
+        )
+        return decoded.valid, decoded.rejected
+
+    together = read(days)
+    alone = [read([day]) for day in days]
+    assert_frame_equal(together[0], pl.concat([valid for valid, _ in alone]))
+    assert_frame_equal(together[1], pl.concat([rejected for _, rejected in alone]))
+    assert together[0]["event_id"].to_list() == ["x", "b", "x", "x", "e"]
+    assert together[0]["dt"].to_list() == [days[0], days[0], days[1], days[2], days[3]]
+    assert [(origin, day.day) for origin, day in together[1].select("origin", "dt").rows()] == [
+        ("landing/engagement/dt=2026-03-01/part-0.parquet:2", 1),
+        ("landing/engagement/dt=2026-03-01/part-0.parquet:3", 1),
+        ("landing/engagement/dt=2026-03-02/part-0.jsonl:2", 2),
+        ("landing/engagement/dt=2026-03-02/part-0.jsonl:3", 2),
+        ("landing/engagement/dt=2026-03-03/part-0.parquet:2", 3),
+        ("landing/engagement/dt=2026-03-04/part-0.parquet:2", 4),
     ]
