@@ -50,7 +50,11 @@ class Measured:
 def run_measured(
     command: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path = REPO
 ) -> Measured:
-    """Run ``command`` to its end, its output to ``log``; wall time and peak resident memory."""
+    """Run ``command`` to its end, its output to ``log``; wall time and peak resident memory.
+
+    The files earlier steps wrote (a generated landing zone, the copy of it) are flushed to
+    disk first, so that their write-back does not fall into the time measured."""
+    os.sync()
     with log.open("wb") as output:
         began = time.perf_counter()
         process = subprocess.Popen(

@@ -90,8 +90,8 @@ def read_landing_day(
     required: tuple[str, ...],
     time_field: str,
 ) -> DecodedEvents:
-    """Validated rows of one landing day and the rejects, each with its file and row as origin
-    (``read_landing_days`` for one day, without the day column)."""
+    """Validated rows of one landing day and the rejects (``read_landing_days`` for one day,
+    without the day column)."""
     decoded = read_landing_days(home, name, [day], schema, required=required, time_field=time_field)
     return DecodedEvents(decoded.valid.drop(DAY), decoded.rejected.drop(DAY))
 
@@ -106,72 +106,81 @@ def read_landing_days(
     time_field: str,
 ) -> DecodedEvents:
     """Validated rows of the landing days and the rejects, in the order of the days and of
-    their files, each with its file and row as origin and its landing day in column ``dt``.
+    their files, each with its landing day in column ``dt``; a reject with its file and row
+    as origin (the valid rows are returned without one).
 
     A row whose time is not on its landing day is refused: the landing contract puts every
-    row in the folder of its UTC date, and a day is rewritten as a whole. Parquet files of the
-    same schema are validated together, in one pass (a pass per file cost a chunk of 30 days
-    0.35 s, against 0.05 s for one), which gives the same rows: each rule looks at one row.
+    row in the folder of its UTC date, and a day is rewritten as a whole. Consecutive Parquet
+    files of one schema are validated together, in one pass, which gives the same rows (each
+    rule looks at one row) for less: a pass per file cost a 30-day chunk 0.35 s, one 0.05 s.
+    A Parquet row's origin is written out only when it is refused (writing it for all rows
+    cost as much again).
     """
-    by_schema: dict[tuple[tuple[str, pl.DataType], ...], list[pl.DataFrame]] = {}
     parts: list[DecodedEvents] = []
-    position = 0
+    run: list[pl.DataFrame] = []
+
+    def validate_run() -> None:
+        if run:
+            together = pl.concat(run)
+            run.clear()
+            parts.append(
+                validate_events(
+                    together, schema, required=required, time_field=time_field, carry=(_ROW, DAY)
+                )
+            )
+
     for day in days:
         for path in landing_files(home, name, day):
             label = f"landing/{name}/dt={day.isoformat()}/{path.name}"
-            where = (pl.lit(position).alias(_FILE), pl.lit(day).alias(_DAY))
-            position += 1
             if path.suffix.lower() in JSON_LINES_SUFFIXES:
+                validate_run()
                 lines = path.read_bytes().splitlines()
                 origins = [f"{label}:{line}" for line in range(1, len(lines) + 1)]
                 decoded = decode_json_records(
                     lines, origins, schema, required=required, time_field=time_field
                 )
+                whole = (pl.lit(None, dtype=pl.UInt32).alias(_ROW), pl.lit(day).alias(DAY))
                 parts.append(
                     DecodedEvents(
-                        decoded.valid.with_columns(where), decoded.rejected.with_columns(where)
+                        decoded.valid.with_columns(whole), decoded.rejected.with_columns(whole)
                     )
                 )
-            else:
-                frame = _read_parquet(path, name, day).with_columns(
-                    pl.format("{}:{}", pl.lit(label), pl.int_range(1, pl.len() + 1)).alias(ORIGIN),
-                    *where,
-                )
-                by_schema.setdefault(tuple(frame.schema.items()), []).append(frame)
-    for frames in by_schema.values():
-        parts.append(
-            validate_events(
-                pl.concat(frames),
-                schema,
-                required=required,
-                time_field=time_field,
-                carry=(_FILE, _DAY),
+                continue
+            frame = _read_parquet(path, name, day).with_columns(
+                pl.lit(label).alias(ORIGIN),
+                pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias(_ROW),
+                pl.lit(day).alias(DAY),
             )
-        )
-    return _refuse_other_days(
-        DecodedEvents(
-            _in_file_order([part.valid for part in parts], {**dict(schema), ORIGIN: pl.String()}),
-            _in_file_order([part.rejected for part in parts], dict(DEAD_LETTER_SCHEMA)),
-        ),
-        time_field,
-    )
-
-
-_FILE = "__landing_file__"
-"""While days are read: the position of a row's file among the files read."""
-_DAY = "__landing_day__"
-"""While days are read: the landing day of a row's file."""
-
-
-def _in_file_order(parts: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """The parts as one frame in the order of their files, then rows (a stable sort: the
-    parts of one schema hold their files in order), with the landing day as ``dt``."""
+            if run and run[0].schema != frame.schema:
+                validate_run()
+            run.append(frame)
+    validate_run()
     if not parts:
-        return pl.DataFrame(schema={**schema, DAY: pl.Date()})
-    rows = pl.concat(parts, how="vertical_relaxed")
-    if len(parts) > 1:
-        rows = rows.sort(_FILE, maintain_order=True)
-    return rows.drop(_FILE).rename({_DAY: DAY})
+        return DecodedEvents(
+            pl.DataFrame(schema={**dict(schema), DAY: pl.Date()}),
+            pl.DataFrame(schema={**dict(DEAD_LETTER_SCHEMA), DAY: pl.Date()}),
+        )
+    decoded = DecodedEvents(
+        pl.concat([part.valid for part in parts], how="vertical_relaxed"),
+        pl.concat([part.rejected for part in parts], how="vertical_relaxed"),
+    )
+    return _refuse_other_days(decoded, time_field)
+
+
+_ROW = "__landing_row__"
+"""While days are read: a Parquet row's number in its file (its origin is the file, until it
+is refused); null for a JSON line (whose origin is whole)."""
+
+
+def _origin() -> pl.Expr:
+    """A row's origin as ``<file>:<row>``."""
+    row = pl.col(_ROW)
+    return (
+        pl.when(row.is_null())
+        .then(pl.col(ORIGIN))
+        .otherwise(pl.format("{}:{}", pl.col(ORIGIN), row))
+        .alias(ORIGIN)
+    )
 
 
 def _read_parquet(path: Path, name: str, day: date) -> pl.DataFrame:
@@ -183,26 +192,25 @@ def _read_parquet(path: Path, name: str, day: date) -> pl.DataFrame:
 
 
 def _refuse_other_days(decoded: DecodedEvents, time_field: str) -> DecodedEvents:
+    """The rows whose time is not on their landing day join that day's rejects (after them);
+    the valid rows leave their origin behind."""
     on_day = pl.col(time_field).dt.date() == pl.col(DAY)
-    elsewhere = decoded.valid.filter(~on_day)
-    if elsewhere.is_empty():
-        return decoded
-    moved = elsewhere.select(
-        pl.struct(pl.exclude(ORIGIN, DAY)).struct.json_encode().alias(RECORD),
+    moved = decoded.valid.filter(~on_day).select(
+        pl.struct(pl.exclude(ORIGIN, _ROW, DAY)).struct.json_encode().alias(RECORD),
         pl.format(
             "field '{}': {} is not on the landing day dt={}",
             pl.lit(time_field),
             pl.col(time_field).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
             pl.col(DAY).dt.to_string("%Y-%m-%d"),
         ).alias(REASON),
-        pl.col(ORIGIN),
+        _origin(),
         pl.col(DAY),
     )
-    # Each day's rejects, then the rows its files held for other days (sorted stably).
-    rejected = pl.concat([decoded.rejected, moved], how="vertical_relaxed").sort(
-        DAY, maintain_order=True
-    )
-    return DecodedEvents(decoded.valid.filter(on_day), rejected)
+    rejected = decoded.rejected.with_columns(_origin()).drop(_ROW)
+    if not moved.is_empty():
+        # Each day's rejects, then the rows its files held for other days (a stable sort).
+        rejected = pl.concat([rejected, moved]).sort(DAY, maintain_order=True)
+    return DecodedEvents(decoded.valid.filter(on_day).drop(ORIGIN, _ROW), rejected)
 
 
 def landing_fingerprint(home: Path, name: str, day: date) -> str:

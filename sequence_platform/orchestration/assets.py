@@ -57,7 +57,10 @@ progress = logging.getLogger(PROGRESS_LOGGER)
 
 Builder = Callable[[BatchContext, str, date, date], StepOutcome]
 Finisher = Callable[[BatchContext, str], dict[str, int | float | str]]
-Checker = Callable[[pl.DataFrame], list[dg.AssetCheckResult]]
+Checker = Callable[[pl.DataFrame, Sequence[date]], dict[date, list[dg.AssetCheckResult]]]
+"""A table's checks of what a chunk wrote (rows of several days): each day's results."""
+ChunkRule = Callable[[pl.DataFrame, Sequence[date]], dict[date, dg.AssetCheckResult]]
+"""One rule of a table's contract, evaluated for each day of a chunk."""
 
 
 def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
@@ -194,9 +197,7 @@ def _daily_asset(
         def record(chunk: _Chunk) -> None:
             """A written chunk's figures and checks, day by day (once its write committed)."""
             # The rules look at the rows themselves: checked while the write goes on.
-            by_day = split_days(chunk.outcome.written)
-            empty = chunk.outcome.written.clear()
-            found = {day: checker(by_day.get(day, empty)) for day in chunk.days}
+            found = checker(chunk.outcome.written, chunk.days)
             stats = chunk.outcome.stats.result()
             if chunk.outcome.dead_letters is not None:
                 chunk.outcome.dead_letters.result()  # recorded below once committed
@@ -298,22 +299,37 @@ STANDARD_RULES = [checks.SCHEMA, checks.UNIQUE, checks.REQUIRED]
 
 
 def standard_checks(
-    schema: pl.Schema, keys: list[str], required: list[str], *more: Checker
+    schema: pl.Schema, keys: list[str], required: list[str], *more: ChunkRule
 ) -> Checker:
     """The contract (schema, unique keys, required fields, and ``more`` rules) and rows
-    written, on what a run wrote."""
+    written, on what a run wrote, day by day."""
 
-    def run(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
-        rules = [
-            checks.schema_check(written, schema),
-            checks.unique_check(written, keys),
-            checks.required_check(written, required),
-        ]
-        for rule in more:
-            rules += rule(written)
-        return [checks.contract_check(rules), checks.rows_check(written)]
+    def run(written: pl.DataFrame, days: Sequence[date]) -> dict[date, list[dg.AssetCheckResult]]:
+        found = [rule(written, days) for rule in more]
+
+        def day_checks(rows: pl.DataFrame, day: date) -> list[dg.AssetCheckResult]:
+            rules = [
+                checks.schema_check(rows, schema),
+                checks.unique_check(rows, keys),
+                checks.required_check(rows, required),
+                *(results[day] for results in found),
+            ]
+            return [checks.contract_check(rules), checks.rows_check(rows)]
+
+        return each_day(written, days, day_checks)
 
     return run
+
+
+def each_day(
+    written: pl.DataFrame,
+    days: Sequence[date],
+    checker: Callable[[pl.DataFrame, date], list[dg.AssetCheckResult]],
+) -> dict[date, list[dg.AssetCheckResult]]:
+    """``checker`` on each day's rows of ``written`` (no rows for a day it wrote none of)."""
+    by_day = split_days(written)
+    empty = written.clear()
+    return {day: checker(by_day.get(day, empty), day) for day in days}
 
 
 def build_assets(
@@ -444,12 +460,19 @@ def _training_asset(
     window = max(s.lookback_days for s in sequences)
     earlier = dg.TimeWindowPartitionMapping(start_offset=-window, end_offset=-1)
 
-    def training_checks(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
-        lengths = [f"{spec.prefix(s.name)}length" for s in sequences]
-        return [
-            checks.contract_check([checks.required_check(written, ["user_id", "ts", *lengths])]),
-            checks.rows_check(written),
-        ]
+    required = ["user_id", "ts", *(f"{spec.prefix(s.name)}length" for s in sequences)]
+
+    def training_checks(
+        written: pl.DataFrame, days: Sequence[date]
+    ) -> dict[date, list[dg.AssetCheckResult]]:
+        return each_day(
+            written,
+            days,
+            lambda rows, _: [
+                checks.contract_check([checks.required_check(rows, required)]),
+                checks.rows_check(rows),
+            ],
+        )
 
     return _daily_asset(
         training_key(spec.name),
@@ -485,8 +508,8 @@ def _sequence_asset(
     key = sequence_key(spec.name)
     schema = empty_snapshot(spec, catalog).collect_schema()
 
-    def ordering(written: pl.DataFrame) -> list[dg.AssetCheckResult]:
-        return [checks.ordering_check(written, spec.max_length, spec.stored_fields)]
+    def ordering(written: pl.DataFrame, days: Sequence[date]) -> dict[date, dg.AssetCheckResult]:
+        return checks.ordering_checks(written, days, spec.max_length, spec.stored_fields)
 
     return _daily_asset(
         key,

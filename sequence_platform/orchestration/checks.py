@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from datetime import date
 
 import dagster as dg
 import polars as pl
@@ -116,38 +117,47 @@ def rows_check(written: pl.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-def ordering_check(
-    written: pl.DataFrame, max_length: int, fields: Sequence[str]
-) -> dg.AssetCheckResult:
-    if written.is_empty():
-        return dg.AssetCheckResult(
+def ordering_checks(
+    written: pl.DataFrame, days: Sequence[date], max_length: int, fields: Sequence[str]
+) -> dict[date, dg.AssetCheckResult]:
+    """The ordering rule of each day of ``written`` (several days of a sequence table), counted
+    for all of them in one pass: a query per day cost more than the counting (0.37 s of a
+    1M-event run, for two sequences)."""
+    out_of_order: dict[date, int] = {}
+    misaligned: dict[date, int] = {}
+    # An empty frame's list columns may be untyped (null lists), which the lazy path refuses.
+    if not written.is_empty():
+        # Each list element against the one before it in the same row: (time, id) must fall.
+        time, event_id, row = pl.col("event_time"), pl.col("event_id"), pl.col("row")
+        newer_later = (
+            written.lazy()
+            .select(DT, pl.int_range(pl.len()).alias("row"), "event_time", "event_id")
+            .explode("event_time", "event_id")
+            .filter(
+                (row == row.shift(1))
+                & (
+                    (time > time.shift(1))
+                    | ((time == time.shift(1)) & (event_id > event_id.shift(1)))
+                )
+            )
+            .group_by(DT)
+            .agg(row.n_unique())
+            .collect()
+        )
+        out_of_order = dict(newer_later.iter_rows())
+        lengths = [pl.col(f).list.len() for f in fields]
+        wrong = written.filter(
+            pl.any_horizontal([length != pl.col("length") for length in lengths])
+            | (pl.col("length") > max_length)
+            | (pl.col("length") < 1)
+        )
+        misaligned = dict(wrong.group_by(DT).len().iter_rows())
+    results: dict[date, dg.AssetCheckResult] = {}
+    for day in days:
+        unordered, bad_length = out_of_order.get(day, 0), misaligned.get(day, 0)
+        results[day] = dg.AssetCheckResult(
             check_name=ORDERED,
-            passed=True,
-            metadata={"out_of_order_users": 0, "bad_length_users": 0},
+            passed=unordered + bad_length == 0,
+            metadata={"out_of_order_users": unordered, "bad_length_users": bad_length},
         )
-    # Each list element against the one before it in the same row: (time, id) must fall.
-    time, event_id, row = pl.col("event_time"), pl.col("event_id"), pl.col("row")
-    newer_later = (
-        written.lazy()
-        .select(pl.int_range(pl.len()).alias("row"), "event_time", "event_id")
-        .explode("event_time", "event_id")
-        .filter(
-            (row == row.shift(1))
-            & ((time > time.shift(1)) | ((time == time.shift(1)) & (event_id > event_id.shift(1))))
-        )
-        .select(row.n_unique())
-        .collect()
-        .item()
-    )
-    lengths = [pl.col(f).list.len() for f in fields]
-    misaligned = written.filter(
-        pl.any_horizontal([length != pl.col("length") for length in lengths])
-        | (pl.col("length") > max_length)
-        | (pl.col("length") < 1)
-    ).height
-    bad = newer_later + misaligned
-    return dg.AssetCheckResult(
-        check_name=ORDERED,
-        passed=bad == 0,
-        metadata={"out_of_order_users": newer_later, "bad_length_users": misaligned},
-    )
+    return results

@@ -259,7 +259,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         time_field="event_time",
     )
     forgotten = ctx.tombstones.users()
-    landed = decoded.valid.drop(ORIGIN, DT)
+    landed = decoded.valid.drop(DT)
     landed = without_forgotten(landed, forgotten)
     streamed = scan_days(
         ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
@@ -413,7 +413,7 @@ def build_features(ctx: BatchContext, table: str, start: date, end: date) -> Ste
         time_field=spec.as_of,
     )
     # A row's landing day is its as-of day (others were refused).
-    rows = decoded.valid.drop(ORIGIN).sort(DT, spec.key, spec.as_of)
+    rows = decoded.valid.sort(DT, spec.key, spec.as_of)
     stats = ctx.write_days(ctx.layout.features(table), rows, start, end)
     dead = _landing_dead_letters(decoded)
     rewritten = _write_dead_letters(ctx, table, dead, start, end)
