@@ -46,6 +46,7 @@ from sequence_platform.runtime.tombstones import (
 )
 from sequence_platform.storage.delta import (
     COMMIT_ATTEMPTS,
+    PARQUET,
     delete_matching,
     open_table,
     retry_commits,
@@ -201,6 +202,7 @@ def _fence(table: DeltaTable, storage_options: dict[str, str] | None) -> None:
         mode="append",
         partition_by=table.metadata().partition_columns or None,
         storage_options=storage_options or None,
+        writer_properties=PARQUET,
         commit_properties=CommitProperties(custom_metadata={"sequence_platform": "forget"}),
     )
 

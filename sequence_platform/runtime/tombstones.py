@@ -24,7 +24,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from sequence_platform.engine.decode import RECORD
 from sequence_platform.spec.types import INT64_MAX, INT64_MIN
-from sequence_platform.storage.delta import DT, ensure_table, open_table, retry_commits
+from sequence_platform.storage.delta import DT, PARQUET, ensure_table, open_table, retry_commits
 from sequence_platform.storage.layout import TableLayout
 
 USER_ID = "user_id"
@@ -142,6 +142,7 @@ def record_tombstones(layout: TableLayout, users: pl.Series, at: datetime) -> No
         mode="append",
         partition_by=[DT],
         storage_options=layout.storage_options or None,
+        writer_properties=PARQUET,
     )
 
 
@@ -164,6 +165,7 @@ def mark_purged(layout: TableLayout, users: pl.Series, at: datetime) -> None:
                 predicate=f"t.{USER_ID} = s.{USER_ID}",
                 source_alias="s",
                 target_alias="t",
+                writer_properties=PARQUET,
             )
             .when_matched_update({PURGED_AT: f"s.{PURGED_AT}"}, f"t.{PURGED_AT} IS NULL")
             .execute()

@@ -14,7 +14,14 @@ from typing import TypeVar
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 DT = "dt"
@@ -22,6 +29,16 @@ COMMIT_ATTEMPTS = 8
 """How often a writer that lost a commit race checks again and retries."""
 RETRY_PAUSE_SECONDS = 0.05
 """The pause before the first retry of a lost commit; each later one waits this much longer."""
+PARQUET = WriterProperties(
+    compression="ZSTD",
+    compression_level=1,
+    default_column_properties=ColumnProperties(dictionary_enabled=False),
+)
+"""How every table's Parquet files are written: zstd at its fastest level, no dictionary pages.
+Against delta-rs's default (Snappy with dictionaries), on the 1M-event benchmark's tables: a
+third to a half fewer bytes (signals 39.0 -> 23.9 MB, a sequence 38.2 -> 23.9 MB, events
+37.0 -> 20.0 MB) written in 13-40% less time; reading a whole table takes 5-40% longer, a day of
+one user the same (README, Performance)."""
 
 T = TypeVar("T")
 
@@ -123,6 +140,7 @@ def overwrite_days(
             predicate=predicate,
             partition_by=[DT],
             storage_options=storage_options or None,
+            writer_properties=PARQUET,
             # No rebase inside delta-rs: every retry comes back here, where ``keep`` runs
             # again (a forget's fence commit then reaches batch writes too).
             commit_properties=CommitProperties(max_commit_retries=0),
@@ -162,6 +180,7 @@ def ensure_table(
             mode="error",
             partition_by=[DT],
             storage_options=storage_options or None,
+            writer_properties=PARQUET,
             # Version 0 or nothing: never a second "creation" committed on top of another's.
             commit_properties=CommitProperties(max_commit_retries=0),
         )
@@ -216,6 +235,7 @@ def append_once(
             partition_by=[DT],
             schema_mode="merge",
             storage_options=storage_options or None,
+            writer_properties=PARQUET,
             commit_properties=commit,
         )
         return kept
@@ -378,6 +398,7 @@ def delete_matching(table: DeltaTable, keys: pl.DataFrame, column: str) -> int:
             predicate=f"t.{column} = s.{column}",
             source_alias="s",
             target_alias="t",
+            writer_properties=PARQUET,
         )
         .when_matched_delete()
         .execute()

@@ -23,7 +23,7 @@ import polars as pl
 from deltalake import DeltaTable
 from deltalake.table import FilterConjunctionType
 
-from sequence_platform.storage.delta import DT, open_table, retry_commits
+from sequence_platform.storage.delta import DT, PARQUET, open_table, retry_commits
 
 SORT_KEY = "user_id"
 """Compaction sorts each day by this column (when a table has it): most reads are per user."""
@@ -66,7 +66,7 @@ def expire_days(uri: str, before: date, storage_options: dict[str, str] | None =
     the partition column, so nothing is rewritten)."""
 
     def expire(table: DeltaTable) -> int:
-        deleted = table.delete(f"{DT} < '{before.isoformat()}'")
+        deleted = table.delete(f"{DT} < '{before.isoformat()}'", writer_properties=PARQUET)
         return int(deleted.get("num_deleted_rows", 0) or 0)
 
     return on_fresh_table(uri, expire, storage_options) or 0
@@ -96,9 +96,9 @@ def compact_table(
 
         def rewrite(fresh: DeltaTable, day_filter: FilterConjunctionType = day_filter) -> Any:
             if key is None:
-                return fresh.optimize.compact(day_filter, target_size)
+                return fresh.optimize.compact(day_filter, target_size, writer_properties=PARQUET)
             # A Z-order over one column is a sort by it; its files hold consecutive ranges.
-            return fresh.optimize.z_order([key], day_filter, target_size)
+            return fresh.optimize.z_order([key], day_filter, target_size, writer_properties=PARQUET)
 
         metrics = on_fresh_table(uri, rewrite, storage_options) or {}
         removed += int(metrics.get("numFilesRemoved", 0) or 0)

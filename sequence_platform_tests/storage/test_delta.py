@@ -7,12 +7,15 @@ from datetime import date
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from sequence_platform.storage.delta import (
     append_once,
     committed_version,
     committed_versions,
+    delete_keys,
     overwrite_days,
     scan_days,
 )
@@ -232,3 +235,34 @@ def test_committed_versions_reads_every_writer_from_one_log(tmp_path: Path) -> N
         "topic/2": 0,
     }
     assert committed_version(uri, "topic/1") == 4
+
+
+def test_every_write_path_writes_zstd_files_without_dictionaries(tmp_path: Path) -> None:
+    """Batch overwrites, stream appends, compaction (sorted by user or not) and deletions all
+    write files of one kind (``PARQUET``): zstd, plain-encoded, whichever path wrote last."""
+    uri, by_user = str(tmp_path / "t"), str(tmp_path / "users")
+    d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
+    repeated = [(d1, x % 3) for x in range(1000)]
+    overwrite_days(uri, rows(*repeated), d1, d1)
+    append_once(uri, rows(*[(d2, x % 3) for x in range(1000)]), "topic/0", 1)
+    append_once(uri, rows((d2, 7)), "topic/0", 2)
+    for offset in (1, 2):
+        users = pl.DataFrame({"dt": [d1] * 100, "user_id": [u % 3 for u in range(100)]})
+        append_once(by_user, users, "topic/0", offset)
+
+    def encodings(table: str) -> set[tuple[str, tuple[str, ...]]]:
+        found = set()
+        for path in DeltaTable(table).file_uris():
+            column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+            found.add((column.compression, tuple(sorted(column.encodings))))
+        return found
+
+    written = {("ZSTD", ("PLAIN", "RLE"))}
+    assert encodings(uri) == encodings(by_user) == written
+    for table in (uri, by_user):
+        compacted = compact_table(table)
+        assert compacted is not None and compacted.files_added == 1
+    assert encodings(uri) == encodings(by_user) == written
+    assert delete_keys(uri, pl.DataFrame({"x": [7]}), "x") == 1
+    assert encodings(uri) == encodings(by_user) == written
+    assert content(uri) == sorted([*repeated, *[(d2, x % 3) for x in range(1000)]])
