@@ -71,12 +71,18 @@ def write_parquet(path: Path, *events: dict[str, Any]) -> None:
     ).write_parquet(path)
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbled pages"])
 def test_a_broken_parquet_file_fails_the_day_naming_the_file(folder: Path, damage: str) -> None:
-    write_parquet(folder / "part-00000.parquet", event("a"))
+    """Empty and truncated files have no footer; a file with garbled pages has one, and fails
+    only once its rows are read together with the healthy files around it."""
+    write_parquet(folder / "part-00000.parquet", *(event(f"e{i}") for i in range(2000)))
     whole = (folder / "part-00000.parquet").read_bytes()
     broken = folder / "part-00001.parquet"
-    broken.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+    if damage == "garbled pages":
+        broken.write_bytes(whole[:8] + b"\xff" * (len(whole) // 2 - 8) + whole[len(whole) // 2 :])
+        (folder / "part-00002.parquet").write_bytes(whole)
+    else:
+        broken.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
 
     with pytest.raises(UnreadableLandingFile) as raised:
         read_day(folder.parents[2])
