@@ -12,11 +12,15 @@ its own process and measured for wall time and peak resident memory (see measure
   only with ``--all-assets``, and then the comparison is no longer like for like);
 - the reference: ``benchmarks/reference_pipeline.py`` on the same landing zone.
 
-Then it checks that both give the same sequence snapshots (untimed) and compares time, memory
-and bytes on disk per table family. Targets: time within 1.3x of the reference, peak memory
-at most 1.5 GB at 1M events, all tables at most 6x the landing zone, sequences at most 2x the
-signals (the landing zone counted is what those tables read: engagement and items). ``--events
-5M`` or ``20M`` scale the users with the events.
+Each side runs ``--repeat`` times (default 3), alternating, each time on fresh tables (and, for
+the platform, a fresh Dagster instance and copy of the landing zone); the times compared are
+the medians, as a single run of either moves by 10-20% on a shared machine (every time is kept
+in the result file). Then it checks that both give the same sequence snapshots (untimed) and
+compares time, memory (the highest of the runs) and bytes on disk per table family. Targets:
+time within 1.3x of the reference, peak memory at most 1.5 GB at 1M events, all tables at most
+6x the landing zone, sequences at most 2x the signals (the landing zone counted is what those
+tables read: engagement and items). ``--events 5M`` or ``20M`` scale the users with the
+events.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ from pathlib import Path
 from benchmarks.measurement import (
     REPO,
     Comparison,
+    Measured,
     count_label,
     directory_bytes,
     format_table,
@@ -94,6 +100,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--checks", type=int, default=3, help="snapshot cutoffs compared")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side (medians)")
     parser.add_argument(
         "--all-assets", action="store_true", help="the platform builds training sets too"
     )
@@ -122,36 +129,59 @@ def run(args: argparse.Namespace, work: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     events = generate(args, source, work / "generate.log")
     start = args.end - timedelta(days=args.days - 1)
-    shutil.copytree(source / "landing", platform_home / "landing")
-    shutil.copy(source / "start_date", platform_home / "start_date")
     landing_by_folder = {
         folder.name: directory_bytes(folder) for folder in (source / "landing").iterdir()
     }
     landing = sum(landing_by_folder.get(name, 0) for name in LANDING)
 
-    prepare_dagster_home(work / "dagster")
-    print(f"platform: materialize {start}..{args.end} through Dagster ...", flush=True)
-    env = clean_environment(
-        SEQUENCE_PLATFORM_HOME=str(platform_home), DAGSTER_HOME=str(work / "dagster")
-    )
     materialize = [sys.executable, "-m", "sequence_platform.cli", "materialize"]
     selected = [] if args.all_assets else [f"--select={asset}" for asset in ASSETS]
-    platform = run_measured(
-        [*materialize, f"--start={start.isoformat()}", f"--end={args.end.isoformat()}", *selected],
-        env=env,
-        log=work / "materialize.log",
-    )
-    require_success("materialize", platform)
-    print(f"  {platform.seconds:.1f} s, peak RSS {platform.peak_rss_bytes / 1e6:,.0f} MB")
-    in_run = run_seconds(work / "dagster")
-
-    print("reference: plain Polars script ...", flush=True)
     script = [sys.executable, str(REPO / "benchmarks" / "reference_pipeline.py")]
     paths = ["--home", str(source), "--tables", str(reference_tables)]
-    reference = run_measured([*script, *paths], env=clean_environment(), log=work / "reference.log")
-    require_success("reference", reference)
-    print(f"  {reference.seconds:.1f} s, peak RSS {reference.peak_rss_bytes / 1e6:,.0f} MB")
-    steps = json.loads(reference.log.read_text().strip().splitlines()[-1])
+    platform_runs: list[Measured] = []
+    run_times: list[float] = []
+    reference_runs: list[Measured] = []
+    steps_each: list[dict[str, float]] = []
+    for attempt in range(1, args.repeat + 1):
+        of = f" ({attempt} of {args.repeat})" if args.repeat > 1 else ""
+        # Fresh tables and instance each time: a second run over existing tables is other work.
+        for folder in (platform_home, work / "dagster", reference_tables):
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(source / "landing", platform_home / "landing")
+        shutil.copy(source / "start_date", platform_home / "start_date")
+        prepare_dagster_home(work / "dagster")
+        print(f"platform: materialize {start}..{args.end} through Dagster{of} ...", flush=True)
+        env = clean_environment(
+            SEQUENCE_PLATFORM_HOME=str(platform_home), DAGSTER_HOME=str(work / "dagster")
+        )
+        platform = run_measured(
+            [
+                *materialize,
+                f"--start={start.isoformat()}",
+                f"--end={args.end.isoformat()}",
+                *selected,
+            ],
+            env=env,
+            log=work / "materialize.log",
+        )
+        require_success("materialize", platform)
+        print(f"  {platform.seconds:.1f} s, peak RSS {platform.peak_rss_bytes / 1e6:,.0f} MB")
+        platform_runs.append(platform)
+        run_times.append(run_seconds(work / "dagster"))
+
+        print(f"reference: plain Polars script{of} ...", flush=True)
+        reference = run_measured(
+            [*script, *paths], env=clean_environment(), log=work / "reference.log"
+        )
+        require_success("reference", reference)
+        print(f"  {reference.seconds:.1f} s, peak RSS {reference.peak_rss_bytes / 1e6:,.0f} MB")
+        reference_runs.append(reference)
+        steps_each.append(json.loads(reference.log.read_text().strip().splitlines()[-1]))
+    # The script's figures of its last run, each step's time the median of the runs.
+    steps = {
+        key: statistics.median(each[key] for each in steps_each) if key.endswith("_s") else value
+        for key, value in steps_each[-1].items()
+    }
 
     print("checking that both give the same sequence snapshots ...", flush=True)
     checked = subprocess.run(
@@ -179,14 +209,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "landing_bytes_by_folder": landing_by_folder,
         "platform_assets": "all" if args.all_assets else list(ASSETS),
         "platform": {
-            "seconds": platform.seconds,
-            "run_seconds": in_run,
-            "peak_rss_bytes": platform.peak_rss_bytes,
+            "seconds": statistics.median(run.seconds for run in platform_runs),
+            "seconds_each": [run.seconds for run in platform_runs],
+            "run_seconds": statistics.median(run_times),
+            "run_seconds_each": run_times,
+            "peak_rss_bytes": max(run.peak_rss_bytes for run in platform_runs),
             "table_bytes": platform_bytes,
         },
         "reference": {
-            "seconds": reference.seconds,
-            "peak_rss_bytes": reference.peak_rss_bytes,
+            "seconds": statistics.median(run.seconds for run in reference_runs),
+            "seconds_each": [run.seconds for run in reference_runs],
+            "peak_rss_bytes": max(run.peak_rss_bytes for run in reference_runs),
             "table_bytes": reference_bytes,
             "steps": steps,
         },

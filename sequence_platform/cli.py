@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,17 +256,26 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _materialize(args: argparse.Namespace) -> int:
     # Starting leaves ~1M long-lived Python objects (Dagster, SQLAlchemy, the definitions):
-    # the collector would walk them four times while they are created and again at exit, for
-    # no garbage (0.3 s and 0.15 s at 1M events: `gc.callbacks`, see the README's
-    # Performance). It stays off until the run starts; then they are frozen out of its walks.
+    # the collector would walk them four times while they are created, for no garbage (0.3 s
+    # at 1M events: `gc.callbacks`, see the README's Performance). It stays off until the run
+    # starts; then what is alive is frozen out of its walks until the run is over.
+    collecting = gc.isenabled()
     gc.disable()
     try:
-        return _materialize_range(args)
+        return _materialize_range(args, started=lambda: _collect_from_now(collecting))
     finally:
+        gc.unfreeze()
+        if collecting:
+            gc.enable()
+
+
+def _collect_from_now(collecting: bool) -> None:
+    gc.freeze()
+    if collecting:
         gc.enable()
 
 
-def _materialize_range(args: argparse.Namespace) -> int:
+def _materialize_range(args: argparse.Namespace, started: Callable[[], None]) -> int:
     import dagster as dg
 
     from sequence_platform.orchestration import build_definitions
@@ -326,8 +336,7 @@ def _materialize_range(args: argparse.Namespace) -> int:
                 f"  marked run {orphan.run_id[:8]} ({orphan.tags.get(RANGE_START_TAG)} to "
                 f"{orphan.tags.get(RANGE_END_TAG)}) failed: its process is gone"
             )
-        gc.freeze()
-        gc.enable()
+        started()
         # Failures are summed up per asset below; Dagster's stack traces stay in the run's
         # event log (the UI), rather than scrolling the summary away.
         runs = materialize_days(

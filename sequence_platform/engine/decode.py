@@ -33,7 +33,7 @@ DEAD_LETTER_SCHEMA = pl.Schema({RECORD: pl.String(), REASON: pl.String(), ORIGIN
 @dataclass(frozen=True)
 class DecodedEvents:
     valid: pl.DataFrame
-    """Typed events: the event schema plus ``origin``."""
+    """Typed events: the event schema plus ``origin`` (landing days: plus ``dt`` instead)."""
     rejected: pl.DataFrame
     """Dead letters: ``record``, ``reason``, ``origin``."""
 

@@ -12,6 +12,7 @@ Hidden and underscore files and checksums (``_SUCCESS``, ``.part-0.parquet.crc``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Sequence
 from datetime import date
@@ -116,6 +117,8 @@ def read_landing_days(
     A Parquet row's origin is written out only when it is refused (writing it for all rows
     cost as much again).
     """
+    if any(later <= earlier for earlier, later in itertools.pairwise(days)):
+        raise ValueError(f"landing days must ascend, each once; got {list(days)}")
     parts: list[DecodedEvents] = []
     run: list[pl.DataFrame] = []
 
@@ -125,7 +128,7 @@ def read_landing_days(
             run.clear()
             parts.append(
                 validate_events(
-                    together, schema, required=required, time_field=time_field, carry=(_ROW, DAY)
+                    together, schema, required=required, time_field=time_field, carry=(_ROW, _DAY)
                 )
             )
 
@@ -139,7 +142,7 @@ def read_landing_days(
                 decoded = decode_json_records(
                     lines, origins, schema, required=required, time_field=time_field
                 )
-                whole = (pl.lit(None, dtype=pl.UInt32).alias(_ROW), pl.lit(day).alias(DAY))
+                whole = (pl.lit(None, dtype=pl.UInt32).alias(_ROW), pl.lit(day).alias(_DAY))
                 parts.append(
                     DecodedEvents(
                         decoded.valid.with_columns(whole), decoded.rejected.with_columns(whole)
@@ -149,7 +152,7 @@ def read_landing_days(
             frame = _read_parquet(path, name, day).with_columns(
                 pl.lit(label).alias(ORIGIN),
                 pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias(_ROW),
-                pl.lit(day).alias(DAY),
+                pl.lit(day).alias(_DAY),
             )
             if run and run[0].schema != frame.schema:
                 validate_run()
@@ -167,6 +170,9 @@ def read_landing_days(
     return _refuse_other_days(decoded, time_field)
 
 
+_DAY = "__landing_day__"
+"""While days are read: a row's landing day (``dt`` once read; a file's own ``dt`` column, not
+a field of the definition, stays part of a refused row's record)."""
 _ROW = "__landing_row__"
 """While days are read: a Parquet row's number in its file (its origin is the file, until it
 is refused); null for a JSON line (whose origin is whole)."""
@@ -194,23 +200,26 @@ def _read_parquet(path: Path, name: str, day: date) -> pl.DataFrame:
 def _refuse_other_days(decoded: DecodedEvents, time_field: str) -> DecodedEvents:
     """The rows whose time is not on their landing day join that day's rejects (after them);
     the valid rows leave their origin behind."""
-    on_day = pl.col(time_field).dt.date() == pl.col(DAY)
+    on_day = pl.col(time_field).dt.date() == pl.col(_DAY)
     moved = decoded.valid.filter(~on_day).select(
-        pl.struct(pl.exclude(ORIGIN, _ROW, DAY)).struct.json_encode().alias(RECORD),
+        pl.struct(pl.exclude(ORIGIN, _ROW, _DAY)).struct.json_encode().alias(RECORD),
         pl.format(
             "field '{}': {} is not on the landing day dt={}",
             pl.lit(time_field),
             pl.col(time_field).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ"),
-            pl.col(DAY).dt.to_string("%Y-%m-%d"),
+            pl.col(_DAY).dt.to_string("%Y-%m-%d"),
         ).alias(REASON),
         _origin(),
-        pl.col(DAY),
+        pl.col(_DAY),
     )
     rejected = decoded.rejected.with_columns(_origin()).drop(_ROW)
     if not moved.is_empty():
         # Each day's rejects, then the rows its files held for other days (a stable sort).
-        rejected = pl.concat([rejected, moved]).sort(DAY, maintain_order=True)
-    return DecodedEvents(decoded.valid.filter(on_day).drop(ORIGIN, _ROW), rejected)
+        rejected = pl.concat([rejected, moved]).sort(_DAY, maintain_order=True)
+    return DecodedEvents(
+        decoded.valid.filter(on_day).drop(ORIGIN, _ROW).rename({_DAY: DAY}),
+        rejected.rename({_DAY: DAY}),
+    )
 
 
 def landing_fingerprint(home: Path, name: str, day: date) -> str:

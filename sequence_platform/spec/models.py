@@ -8,11 +8,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from sequence_platform.spec.types import FieldType
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+PARTITION_COLUMN = "dt"
+"""Every table's partition column, the day: no field of a definition may take its name."""
+
+
+def _not_the_partition_column(name: str) -> str:
+    if name == PARTITION_COLUMN:
+        raise ValueError(
+            f"'{PARTITION_COLUMN}' is the tables' partition column (the day); name the field "
+            "otherwise"
+        )
+    return name
+
+
+FieldName = Annotated[Name, AfterValidator(_not_the_partition_column)]
+"""A field of raw events or feature rows."""
 
 REQUIRED_EVENT_FIELDS: dict[str, str] = {
     "event_id": "string",
@@ -60,7 +82,7 @@ class SourceSpec(_Definition):
 
     kind: Literal["source"] = "source"
     topic: str | None = Field(default=None, description="Kafka topic; defaults to the name.")
-    fields: dict[Name, FieldType] = Field(default_factory=dict)
+    fields: dict[FieldName, FieldType] = Field(default_factory=dict)
 
     @property
     def topic_name(self) -> str:
@@ -71,9 +93,9 @@ class FeatureTableSpec(_Definition):
     """A keyed, time-versioned table that signals and requests are enriched from."""
 
     kind: Literal["feature_table"] = "feature_table"
-    key: Name
-    as_of: Name
-    fields: dict[Name, FieldType]
+    key: FieldName
+    as_of: FieldName
+    fields: dict[FieldName, FieldType]
 
 
 class Enrichment(BaseModel):

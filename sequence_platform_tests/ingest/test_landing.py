@@ -18,7 +18,6 @@ from sequence_platform.ingest.landing import (
     UnreadableLandingFile,
     landing_dir,
     landing_files,
-    read_landing_day,
     read_landing_days,
 )
 from sequence_platform.spec import Catalog, LoadedDefinition, SourceSpec
@@ -46,16 +45,22 @@ def line(event_id: str, **changes: Any) -> bytes:
     return json.dumps(event(event_id, **changes)).encode()
 
 
-def read_day(home: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    decoded = read_landing_day(
+def read_days(home: Path, days: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The valid rows and the rejects of the days, each with its landing day (``dt``)."""
+    decoded = read_landing_days(
         home,
         "engagement",
-        DAY,
+        days,
         SCHEMA,
         required=tuple(REQUIRED_EVENT_FIELDS),
         time_field="event_time",
     )
     return decoded.valid, decoded.rejected
+
+
+def read_day(home: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    valid, rejected = read_days(home, [DAY])
+    return valid.drop("dt"), rejected.drop("dt")
 
 
 @pytest.fixture
@@ -74,7 +79,7 @@ def write_parquet(path: Path, *events: dict[str, Any]) -> None:
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbled pages"])
 def test_a_broken_parquet_file_fails_the_day_naming_the_file(folder: Path, damage: str) -> None:
     """Empty and truncated files have no footer; a file with garbled pages has one, and fails
-    only once its rows are read together with the healthy files around it."""
+    only when its rows are read (between two healthy files)."""
     write_parquet(folder / "part-00000.parquet", *(event(f"e{i}") for i in range(2000)))
     whole = (folder / "part-00000.parquet").read_bytes()
     broken = folder / "part-00001.parquet"
@@ -225,10 +230,12 @@ def test_one_size_limit_for_parquet_rows_and_json_lines(folder: Path) -> None:
 
 
 def test_days_read_together_give_each_day_read_alone_in_file_order(tmp_path: Path) -> None:
-    """A range validates Parquet files of one schema in one pass: the rows, rejects and their
-    order are those of reading each day (here, each file) on its own. Files of two schemas and
-    a JSON export interleave, so a result left in the order of the passes would differ."""
-    days = [date(2026, 3, d) for d in (1, 2, 3, 4)]
+    """A range validates consecutive Parquet files of one schema in one pass (here the two files
+    of March 1 and the file of March 2): the rows, the rejects, their origins (``file:row``,
+    counted in each file) and their order are those of reading each day on its own. A JSON
+    export and a file of another schema interleave, so results left in the order of the passes
+    would differ."""
+    days = [date(2026, 3, d) for d in (1, 2, 3, 4, 5)]
     folders = [landing_dir(tmp_path, "engagement", day) for day in days]
     for folder in folders:
         folder.mkdir(parents=True)
@@ -239,10 +246,21 @@ def test_days_read_together_give_each_day_read_alone_in_file_order(tmp_path: Pat
         event("next-day", event_time="2026-03-02T01:00:00Z"),
         event("b"),
     )
-    (folders[1] / "part-0.jsonl").write_bytes(
+    write_parquet(
+        folders[0] / "part-1.parquet",
+        event("", surface="empty id"),
+        event("g"),
+        event("h", event_time="2026-03-02T02:00:00Z"),
+    )
+    write_parquet(
+        folders[1] / "part-0.parquet",
+        event("i", event_time="2026-03-02T09:00:00Z"),
+        event("j", event_time="2026-03-02T09:00:00Z", item_id=None),
+    )
+    (folders[2] / "part-0.jsonl").write_bytes(
         b"\n".join(
             [
-                line("x", event_time="2026-03-02T09:00:00Z", surface="json"),
+                line("x", event_time="2026-03-03T09:00:00Z", surface="json"),
                 b"{not json",
                 line("c", event_time="2026-03-01T23:00:00Z"),
             ]
@@ -251,38 +269,39 @@ def test_days_read_together_give_each_day_read_alone_in_file_order(tmp_path: Pat
     # Another schema: times as text, and a column the definition does not name.
     pl.DataFrame(
         [
-            event("x", event_time="2026-03-03T08:00:00Z", surface="text", note="n"),
+            event("x", event_time="2026-03-04T08:00:00Z", surface="text", note="n"),
             event("d", event_time="not a time", note="n"),
         ]
-    ).write_parquet(folders[2] / "part-0.parquet")
+    ).write_parquet(folders[3] / "part-0.parquet")
     write_parquet(
-        folders[3] / "part-0.parquet",
-        event("e", event_time="2026-03-04T07:00:00Z"),
-        event("y", event_time="2026-03-04T07:00:00Z", item_id=None),
+        folders[4] / "part-0.parquet",
+        event("e", event_time="2026-03-05T07:00:00Z"),
+        event("y", event_time="2026-03-05T07:00:00Z", item_id=None),
     )
 
-    def read(chosen: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
-        decoded = read_landing_days(
-            tmp_path,
-            "engagement",
-            chosen,
-            SCHEMA,
-            required=tuple(REQUIRED_EVENT_FIELDS),
-            time_field="event_time",
-        )
-        return decoded.valid, decoded.rejected
-
-    together = read(days)
-    alone = [read([day]) for day in days]
+    together = read_days(tmp_path, days)
+    alone = [read_days(tmp_path, [day]) for day in days]
     assert_frame_equal(together[0], pl.concat([valid for valid, _ in alone]))
     assert_frame_equal(together[1], pl.concat([rejected for _, rejected in alone]))
-    assert together[0]["event_id"].to_list() == ["x", "b", "x", "x", "e"]
-    assert together[0]["dt"].to_list() == [days[0], days[0], days[1], days[2], days[3]]
-    assert [(origin, day.day) for origin, day in together[1].select("origin", "dt").rows()] == [
-        ("landing/engagement/dt=2026-03-01/part-0.parquet:2", 1),
-        ("landing/engagement/dt=2026-03-01/part-0.parquet:3", 1),
-        ("landing/engagement/dt=2026-03-02/part-0.jsonl:2", 2),
-        ("landing/engagement/dt=2026-03-02/part-0.jsonl:3", 2),
-        ("landing/engagement/dt=2026-03-03/part-0.parquet:2", 3),
-        ("landing/engagement/dt=2026-03-04/part-0.parquet:2", 4),
+    assert together[0]["event_id"].to_list() == ["x", "b", "g", "i", "x", "x", "e"]
+    assert [day.day for day in together[0]["dt"]] == [1, 1, 1, 2, 3, 4, 5]
+    label = "landing/engagement/dt=2026-03-0"
+    assert together[1].select("origin", "dt").rows() == [
+        (f"{label}1/part-0.parquet:2", days[0]),
+        (f"{label}1/part-1.parquet:1", days[0]),
+        (f"{label}1/part-0.parquet:3", days[0]),
+        (f"{label}1/part-1.parquet:3", days[0]),
+        (f"{label}2/part-0.parquet:2", days[1]),
+        (f"{label}3/part-0.jsonl:2", days[2]),
+        (f"{label}3/part-0.jsonl:3", days[2]),
+        (f"{label}4/part-0.parquet:2", days[3]),
+        (f"{label}5/part-0.parquet:2", days[4]),
     ]
+    moved = together[1].filter(pl.col("reason").str.contains("not on the landing day"))
+    assert moved["reason"].to_list() == [
+        "field 'event_time': 2026-03-02T01:00:00.000Z is not on the landing day dt=2026-03-01",
+        "field 'event_time': 2026-03-02T02:00:00.000Z is not on the landing day dt=2026-03-01",
+        "field 'event_time': 2026-03-01T23:00:00.000Z is not on the landing day dt=2026-03-03",
+    ]
+    with pytest.raises(ValueError, match="must ascend"):
+        read_days(tmp_path, [days[1], days[0]])

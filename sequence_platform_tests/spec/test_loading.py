@@ -408,6 +408,22 @@ MISTAKES: dict[str, tuple[dict[str, Any], list[Expected]]] = {
             )
         ],
     ),
+    "a field named like the partition column": (
+        {
+            "clicks.json": {"kind": "source", "name": "clicks", "fields": {"dt": "string"}},
+            "items.json": {
+                "kind": "feature_table",
+                "name": "items",
+                "key": "dt",
+                "as_of": "updated_at",
+                "fields": {"category": "string"},
+            },
+        },
+        [
+            ("clicks.json", "source 'clicks'", "fields.dt.[key]", "the tables' partition column"),
+            ("items.json", "feature_table 'items'", "key", "'dt' is the tables' partition"),
+        ],
+    ),
     "a list holding a non-object": (
         {"list.json": [sequence(), sequence(name="other", max_length=0), 5]},
         [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from sequence_platform.runtime.tombstones import mark_purged, record_tombstones
 from sequence_platform.storage.delta import (
     append_once,
     committed_version,
@@ -19,6 +20,7 @@ from sequence_platform.storage.delta import (
     overwrite_days,
     scan_days,
 )
+from sequence_platform.storage.layout import TableLayout
 from sequence_platform.storage.maintenance import compact_table, expire_days, vacuum_table
 
 SCHEMA = pl.Schema({"x": pl.Int64()})
@@ -265,4 +267,10 @@ def test_every_write_path_writes_zstd_files_without_dictionaries(tmp_path: Path)
     assert encodings(uri) == encodings(by_user) == written
     assert delete_keys(uri, pl.DataFrame({"x": [7]}), "x") == 1
     assert encodings(uri) == encodings(by_user) == written
+    # The tombstones of forgotten users: appended, then marked purged (a merge rewrites them).
+    layout = TableLayout(str(tmp_path / "tables"))
+    record_tombstones(layout, pl.Series([1, 2, 3] * 100), datetime(2026, 3, 2, tzinfo=UTC))
+    assert encodings(layout.tombstones()) == written
+    mark_purged(layout, pl.Series([2]), datetime(2026, 3, 3, tzinfo=UTC))
+    assert encodings(layout.tombstones()) == written
     assert content(uri) == sorted([*repeated, *[(d2, x % 3) for x in range(1000)]])
