@@ -38,15 +38,20 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,
+)
+from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import AssetKeyTable
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, AssetKeyTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
     SqliteEventLogStorageWatchdog,
 )
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, serialize_value
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from watchdog.events import FileSystemEvent
@@ -55,6 +60,43 @@ EVENT_BATCH_SIZE = 1000
 """Events Dagster may group into one ``store_event_batch`` (one transaction per database)."""
 OPEN_RUN_SHARDS = 4
 """Run databases kept open besides the index: a run writes to one, the UI reads a few."""
+
+
+def _check_execution_update(partitioned: bool) -> sa.Update:
+    """Dagster's update of a planned check execution with its result (``SqlEventLogStorage.
+    _update_asset_check_evaluation``), built once with bound parameters."""
+    table = AssetCheckExecutionsTable
+    partition = (
+        table.c.partition == sa.bindparam("on_partition")
+        if partitioned
+        else table.c.partition.is_(None)
+    )
+    return (
+        table.update()
+        .where(
+            table.c.asset_key == sa.bindparam("key"),
+            table.c.check_name == sa.bindparam("check"),
+            table.c.run_id == sa.bindparam("run"),
+            partition,
+        )
+        .values(
+            execution_status=sa.bindparam("status"),
+            evaluation_event=sa.bindparam("text"),
+            evaluation_event_timestamp=sa.bindparam(
+                "at", type_=table.c.evaluation_event_timestamp.type
+            ),
+            evaluation_event_storage_id=sa.bindparam("event_id"),
+            materialization_event_storage_id=sa.bindparam("materialization_id"),
+            partition=sa.bindparam("new_partition"),
+        )
+    )
+
+
+CHECK_EXECUTION_UPDATES = {
+    True: _check_execution_update(True),
+    False: _check_execution_update(False),
+}
+"""By whether the result names a partition."""
 
 EARLIER_CONFIG = "telemetry:\n  enabled: false\n"
 """What the platform wrote into a new DAGSTER_HOME before it had a storage of its own."""
@@ -185,6 +227,84 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         ):
             self._asset_key_columns.add(column_name)
         return column_name in self._asset_key_columns
+
+    def _event_to_row(self, event: EventLogEntry) -> dict[str, Any]:
+        row = super()._event_to_row(event)
+        # Kept for the check execution row stored next, which holds the same text.
+        self._local.serialized = (event, row["event"])
+        return row
+
+    def _serialized(self, event: EventLogEntry) -> str:
+        """The event as text: as serialized for its log row when that was this event."""
+        last = getattr(self._local, "serialized", None)
+        return str(last[1]) if last is not None and last[0] is event else serialize_value(event)
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        # Dagster's own method, serializing the event once rather than once per partition (a
+        # 30-day run's 13 checks: 390 times).
+        dagster_event = event.dagster_event
+        assert dagster_event is not None
+        planned = dagster_event.event_specific_data
+        assert isinstance(planned, AssetCheckEvaluationPlanned)
+        keys = (
+            planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        )
+        shared = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": self._serialized(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(
+                AssetCheckExecutionsTable.insert().values(
+                    [{**shared, "partition": key} for key in keys]
+                )
+            )
+
+    def _update_asset_check_evaluation(self, event: EventLogEntry, event_id: int | None) -> None:
+        # Dagster's own method, with its statement built once (not for each of a run's 390 check
+        # results at 1M events) and the event's text as serialized for its log row (not again):
+        # 0.83 -> 0.5 ms a result. Same rows; a result without a planned row, rarely, takes
+        # Dagster's path, which inserts one.
+        dagster_event = event.dagster_event
+        assert dagster_event is not None
+        evaluation = dagster_event.asset_check_evaluation_data
+        text = self._serialized(event)
+        target = evaluation.target_materialization_data
+        status = (
+            AssetCheckExecutionRecordStatus.SUCCEEDED
+            if evaluation.passed
+            else AssetCheckExecutionRecordStatus.FAILED
+        )
+        with self.index_connection() as conn:
+            updated = conn.execute(
+                CHECK_EXECUTION_UPDATES[evaluation.partition is not None],
+                {
+                    "key": evaluation.asset_key.to_string(),
+                    "check": evaluation.check_name,
+                    "run": event.run_id,
+                    "on_partition": evaluation.partition,
+                    "status": status.value,
+                    "text": text,
+                    "at": self._event_insert_timestamp(event),
+                    "event_id": event_id,
+                    "materialization_id": target.storage_id if target else None,
+                    "new_partition": evaluation.partition,
+                },
+            ).rowcount
+        if updated == 0:
+            super()._update_asset_check_evaluation(event, event_id)
+        elif updated > 1:
+            raise DagsterInvariantViolationError(
+                f"Updated {updated} rows for asset check evaluation "
+                f"{evaluation.asset_check_key} as a result of duplicate AssetCheckPlanned events."
+            )
 
     def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
         # Dagster inserts the asset's row and, when it exists (every event but an asset's

@@ -3,6 +3,7 @@ open. Whatever it records, Dagster's own storage reads back the same; a run log 
 (the UI's live view) sees events that are still in the WAL file. (Annotations stay real
 objects here: Dagster inspects them.)"""
 
+import sqlite3
 import threading
 import time
 import warnings
@@ -15,6 +16,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
 )
+from dagster._serdes import deserialize_value
 
 from sequence_platform.orchestration.instance import (
     EARLIER_CONFIG,
@@ -25,7 +27,8 @@ from sequence_platform.orchestration.instance import (
 DAYS = dg.DailyPartitionsDefinition(start_date="2026-03-01", end_date="2026-03-05")
 
 
-def recording_job() -> dg.JobDefinition:
+def recording_job(evaluated: int = 4) -> dg.JobDefinition:
+    """A range run of a daily asset; the check is evaluated on the first ``evaluated`` days."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # partitioned checks: preview
         spec = dg.AssetCheckSpec("has_rows", asset="days", partitions_def=DAYS)
@@ -39,7 +42,7 @@ def recording_job() -> dg.JobDefinition:
             for number, key in enumerate(context.partition_keys):
                 context.add_asset_metadata({"rows": number}, partition_key=key)
             yield dg.MaterializeResult()
-            for number, key in enumerate(context.partition_keys):
+            for number, key in enumerate(context.partition_keys[:evaluated]):
                 context.log_event(
                     dg.AssetCheckEvaluation(
                         asset_key=spec.asset_key,
@@ -53,8 +56,8 @@ def recording_job() -> dg.JobDefinition:
     return dg.Definitions(assets=[days]).resolve_implicit_global_asset_job_def()
 
 
-def run_range(instance: dg.DagsterInstance) -> str:
-    result = recording_job().execute_in_process(
+def run_range(instance: dg.DagsterInstance, evaluated: int = 4) -> str:
+    result = recording_job(evaluated).execute_in_process(
         instance=instance,
         tags={
             "dagster/asset_partition_range_start": "2026-03-01",
@@ -219,3 +222,48 @@ def test_the_run_log_commits_before_the_index(tmp_path: Path) -> None:
     assert len(storage.get_logs_for_run(run_id)) == 4
     assert storage.get_asset_records([dg.AssetKey("days")]) == []
     storage.dispose()
+
+
+def check_executions(dagster_home: Path, run_id: str) -> list[tuple[object, ...]]:
+    """The index's check execution rows of the run, as Dagster's UI reads them: what each says
+    and that its event is the one the event log holds under its storage id."""
+    with sqlite3.connect(dagster_home / "history" / "runs" / "index.db") as db:
+        rows = db.execute(
+            "SELECT asset_key, check_name, partition, execution_status, evaluation_event, "
+            "evaluation_event_storage_id, materialization_event_storage_id, "
+            "evaluation_event_timestamp FROM asset_check_executions WHERE run_id = ? "
+            "ORDER BY partition, execution_status",
+            (run_id,),
+        ).fetchall()
+        logged = dict(db.execute("SELECT id, event FROM event_logs").fetchall())
+    described = []
+    for key, check, partition, status, text, storage_id, materialization, at in rows:
+        event = deserialize_value(text, EventLogEntry)
+        assert at is not None and event.dagster_event is not None
+        # The event stored with the result is its own log row's (planned rows: the planned one).
+        assert storage_id is None or logged[storage_id] == text
+        kind = event.dagster_event_type
+        described.append((key, check, partition, status, kind, storage_id, materialization))
+    return described
+
+
+def test_check_results_leave_the_rows_dagsters_own_storage_leaves(tmp_path: Path) -> None:
+    """The platform stores planned checks and their results with statements of its own (built
+    once, the event serialized once): the rows are those of Dagster's class for the same run,
+    a day whose check was planned and never evaluated included."""
+    ours_home, theirs_home = tmp_path / "platform", tmp_path / "dagster"
+    prepare_dagster_home(ours_home)
+    theirs_home.mkdir()
+    with dg.DagsterInstance.from_config(str(ours_home)) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        ours = check_executions(ours_home, run_range(instance, evaluated=3))
+    with dg.DagsterInstance.from_config(str(theirs_home)) as instance:
+        assert type(instance.event_log_storage) is SqliteEventLogStorage
+        theirs = check_executions(theirs_home, run_range(instance, evaluated=3))
+    assert ours == theirs
+    assert [(row[2], row[3]) for row in ours] == [
+        ("2026-03-01", "FAILED"),
+        ("2026-03-02", "SUCCEEDED"),
+        ("2026-03-03", "SUCCEEDED"),
+        ("2026-03-04", "PLANNED"),
+    ]
