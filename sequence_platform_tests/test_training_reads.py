@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sequence_platform.engine.sequence import day_rows
 from sequence_platform.runtime.reads import DayWindowReader, Reader
 from sequence_platform.spec import load_catalog
 from sequence_platform.storage.delta import DT, overwrite_days
@@ -70,3 +71,24 @@ def test_only_the_spine_users_are_held(tmp_path: Path) -> None:
     window = DayWindowReader(catalog, layout, pl.Series("user_id", [2]))
     assert event_ids(window.batch_rows_for_day(spec, D + timedelta(days=1))) == ["b0"]
     assert sum(frame.height for frame in window._days.values()) == 1
+
+
+def test_a_day_read_from_the_signal_is_let_go_once_it_is_stored(tmp_path: Path) -> None:
+    """A window reads a day from the signal table until the sequence table stores it; then the
+    signal copy is no longer held (it would stay for a whole window otherwise)."""
+    catalog = load_catalog()
+    spec = catalog.sequences["recent_engagement"]
+    layout = TableLayout(str(tmp_path / "tables"))
+    signal = signal_day(catalog.signal_schema(spec.signal), D, "e0", "e1")
+    overwrite_days(layout.signals(spec.signal), signal, D, D)
+    window = DayWindowReader(catalog, layout)
+    assert event_ids(window.batch_rows_for_day(spec, D + timedelta(days=1))) == ["e0", "e1"]
+    held = {(uri, day) for _, uri, day in window._days}
+    assert (layout.signals(spec.signal), D) in held
+
+    overwrite_days(layout.sequence(spec), day_rows(signal.lazy(), spec).collect(), D, D)
+    later = D + timedelta(days=2)
+    assert event_ids(window.batch_rows_for_day(spec, later)) == ["e0", "e1"]
+    held = {(uri, day) for _, uri, day in window._days}
+    assert (layout.sequence(spec), D) in held
+    assert (layout.signals(spec.signal), D) not in held

@@ -188,8 +188,10 @@ class DayWindowReader(Reader):
         signal = self._rows(
             spec, signal_uri, self.catalog.signal_schema(spec.signal), signal_days, sequence_rows
         )
-        # Days no later window holds are let go (days come in ascending order).
-        for key in [key for key in self._days if key[0] == spec.name and key[2] < first]:
+        # Only what this window read is kept: a later window (days come in ascending order)
+        # holds no earlier day, and reads a day from the stored table once it is stored there.
+        read = {(stored_uri, d) for d in stored_days} | {(signal_uri, d) for d in signal_days}
+        for key in [k for k in self._days if k[0] == spec.name and (k[1], k[2]) not in read]:
             del self._days[key]
         return merge_rows(_of(stored, users), _of(signal, users))
 
