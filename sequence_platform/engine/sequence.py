@@ -16,11 +16,11 @@ from datetime import UTC, date, datetime, time, timedelta
 import polars as pl
 
 from sequence_platform.spec.catalog import Catalog
-from sequence_platform.spec.models import SequenceSpec
+from sequence_platform.spec.models import PARTITION_COLUMN, SequenceSpec
 from sequence_platform.spec.types import TIMESTAMP
 
 LENGTH = "length"
-DAY = "dt"
+DAY = PARTITION_COLUMN
 """The partition column of stored day rows."""
 NEWEST_FIRST = (["event_time", "event_id"], [True, True])
 

@@ -24,7 +24,10 @@ from deltalake import (
 )
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-DT = "dt"
+from sequence_platform.spec.models import PARTITION_COLUMN
+
+DT = PARTITION_COLUMN
+"""Every table's partition column, the day."""
 COMMIT_ATTEMPTS = 8
 """How often a writer that lost a commit race checks again and retries."""
 RETRY_PAUSE_SECONDS = 0.05
