@@ -87,7 +87,6 @@ def _check_execution_update(partitioned: bool) -> sa.Update:
             ),
             evaluation_event_storage_id=sa.bindparam("event_id"),
             materialization_event_storage_id=sa.bindparam("materialization_id"),
-            partition=sa.bindparam("new_partition"),
         )
     )
 
@@ -237,7 +236,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def _serialized(self, event: EventLogEntry) -> str:
         """The event as text: as serialized for its log row when that was this event."""
         last = getattr(self._local, "serialized", None)
-        return str(last[1]) if last is not None and last[0] is event else serialize_value(event)
+        return last[1] if last is not None and last[0] is event else serialize_value(event)
 
     def _store_asset_check_evaluation_planned(
         self, event: EventLogEntry, event_id: int | None
@@ -262,9 +261,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         }
         with self.index_connection() as conn:
             conn.execute(
-                AssetCheckExecutionsTable.insert().values(
-                    [{**shared, "partition": key} for key in keys]
-                )
+                AssetCheckExecutionsTable.insert(), [{**shared, "partition": k} for k in keys]
             )
 
     def _update_asset_check_evaluation(self, event: EventLogEntry, event_id: int | None) -> None:
@@ -295,7 +292,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                     "at": self._event_insert_timestamp(event),
                     "event_id": event_id,
                     "materialization_id": target.storage_id if target else None,
-                    "new_partition": evaluation.partition,
                 },
             ).rowcount
         if updated == 0:

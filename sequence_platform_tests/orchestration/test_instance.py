@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -267,3 +268,24 @@ def test_check_results_leave_the_rows_dagsters_own_storage_leaves(tmp_path: Path
         ("2026-03-03", "SUCCEEDED"),
         ("2026-03-04", "PLANNED"),
     ]
+
+
+def test_a_run_hands_its_per_day_events_over_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster groups a run's planned events and a step's per-day materializations only when
+    ``DAGSTER_EVENT_BATCH_SIZE`` is set: the platform's storage sets it (unless the user did)."""
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    batches: list[int] = []
+    store_batch = PooledSqliteEventLogStorage.store_event_batch
+
+    def counted(self: PooledSqliteEventLogStorage, events: Sequence[EventLogEntry]) -> None:
+        batches.append(len(events))
+        store_batch(self, events)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event_batch", counted)
+    prepare_dagster_home(tmp_path)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        run_range(instance)
+    # The 4 days' materializations, and the planned events, each as one batch.
+    assert 4 in batches and max(batches) > 4
