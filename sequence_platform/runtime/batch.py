@@ -259,8 +259,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         time_field="event_time",
     )
     forgotten = ctx.tombstones.users()
-    landed = decoded.valid.drop(DT)
-    landed = without_forgotten(landed, forgotten)
+    landed = without_forgotten(decoded.valid, forgotten)  # dt: the landing day, the event's
     streamed = scan_days(
         ctx.layout.stream_archive(source), schema, start, end, ctx.layout.storage_options
     ).collect()
@@ -271,7 +270,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
     # Which copy won is told by a column carried through (no lookups of ids afterwards).
     tagged = (
         deduplicate_events(
-            landed.lazy().with_columns(pl.lit(True).alias(FROM_LANDING)),
+            landed.lazy().drop(DT).with_columns(pl.lit(True).alias(FROM_LANDING)),
             streamed.lazy()
             .drop(DT)
             .filter(~pl.col("event_id").is_in(landed_elsewhere.implode()))
@@ -291,7 +290,7 @@ def build_events(ctx: BatchContext, source: str, start: date, end: date) -> Step
         ctx, source, dead, start, end, only_where=f"{CHANNEL} = 'landing'"
     )
     kept = {day: rows for day, landing, rows in origins.iter_rows() if landing}
-    landed_days = per_day(landed.select(pl.col("event_time").dt.date().alias(DT)))
+    landed_days = per_day(landed)
     return StepOutcome(
         events,
         stats,
@@ -334,7 +333,8 @@ def _cross_day_copies(
     copy on another (a correction that moved its time across midnight, by at most
     ``CORRECTION_HORIZON_DAYS``).
 
-    Returns the ids of the days' stream copies whose landing copy another day's events hold,
+    ``landed`` holds the days' landing rows with their day (``dt``). Returns the ids of the
+    days' stream copies whose landing copy another day's events hold,
     and for each of the days, the other days whose events still hold a stream copy of an
     event that landed on it. Only that far around the days is looked at, so a day's cost does
     not grow with the lookback; nothing is read when the stream archive holds nothing there.
@@ -363,9 +363,7 @@ def _cross_day_copies(
         .collect()
         .to_series()
     )
-    landed_days = landed.lazy().select(
-        "event_id", pl.col("event_time").dt.date().alias("landed_on")
-    )
+    landed_days = landed.lazy().select("event_id", pl.col(DT).alias("landed_on"))
     stale = (
         events.filter(pl.col("event_id").is_in(landed["event_id"].implode()))
         .join(archive, on=[DT, "event_id"], how="semi")
