@@ -37,6 +37,9 @@ def main() -> int:
     parser.add_argument("--end", default="2026-03-30")
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5, help="of the daily step")
+    parser.add_argument(
+        "--batch-repeats", type=int, default=3, help="runs of each side of the batch (medians)"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--freshness-seconds", type=float, default=30.0)
     parser.add_argument("--freshness-paths", default="indexer,sensor")
@@ -54,7 +57,13 @@ def main() -> int:
     users = max(50, round(events * 50_000 / 1_000_000))
     batch_home = work / "batch" / "platform"
     commands: dict[str, list[str]] = {
-        "batch": ["bench_batch.py", f"--events={events}", *sizes, f"--workdir={work / 'batch'}"],
+        "batch": [
+            "bench_batch.py",
+            f"--events={events}",
+            *sizes,
+            f"--workdir={work / 'batch'}",
+            f"--repeat={args.batch_repeats}",
+        ],
         "daily": [
             "bench_daily.py",
             *sizes,

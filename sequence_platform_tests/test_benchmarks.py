@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def test_batch_daily_and_serving_benchmarks_write_their_results(tmp_path: Path) 
         "--items=300",
         "--seconds=1",
         "--repeats=1",
+        "--batch-repeats=2",
         "--skip=freshness",
         f"--results={tmp_path}",
     )
@@ -72,7 +74,12 @@ def test_batch_daily_and_serving_benchmarks_write_their_results(tmp_path: Path) 
     batch = check_document(written["bench_batch"], "bench_batch")["results"]
     for side in ("platform", "reference"):
         assert {"seconds", "peak_rss_bytes", "table_bytes"} <= batch[side].keys()
+        # Two runs of each side (--batch-repeats=2), compared by their medians.
+        assert len(batch[side]["seconds_each"]) == 2
+        assert batch[side]["seconds"] == statistics.median(batch[side]["seconds_each"])
         assert {"events", "signals", "sequences"} <= batch[side]["table_bytes"].keys()
+    assert len(batch["platform"]["run_seconds_each"]) == 2
+    assert len(batch["reference"]["steps_seconds_each"]) == 2
     assert set(batch["snapshots_compared"]) == {"recent_engagement", "recent_saves"}
     assert batch["landing_bytes"] > 0
 
