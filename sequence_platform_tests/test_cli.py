@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import gc
 import json
 import os
 import shutil
@@ -9,10 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
+
+from sequence_platform import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -368,3 +374,28 @@ def test_materialize_without_dagster_home_uses_the_project_local_one(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert f"DAGSTER_HOME={tmp_path / '.dagster_home'}" in done.stdout
     assert (tmp_path / ".dagster_home" / "dagster.yaml").exists()
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_materialize_collects_no_garbage_while_starting_and_restores_the_collector(
+    monkeypatch: pytest.MonkeyPatch, collecting: bool
+) -> None:
+    """Starting (imports, definitions, instance) runs without the collector; from the run's
+    start what is alive is frozen out of its walks; afterwards the collector is as it was."""
+    seen: list[tuple[bool, bool]] = []
+
+    def run(args: argparse.Namespace, started: Callable[[], None]) -> int:
+        seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
+        started()
+        seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
+        return 0
+
+    monkeypatch.setattr(cli, "_materialize_range", run)
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert cli._materialize(argparse.Namespace()) == 0
+        after = (gc.isenabled(), gc.get_freeze_count())
+    finally:
+        gc.enable()
+    assert seen == [(False, False), (collecting, True)]
+    assert after == (collecting, 0)
