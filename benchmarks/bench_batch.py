@@ -14,7 +14,7 @@ its own process and measured for wall time and peak resident memory (see measure
 
 Each side runs ``--repeat`` times (default 3), alternating, each time on fresh tables (and, for
 the platform, a fresh Dagster instance and copy of the landing zone); the times compared are
-the medians, as a single run of either moves by 10-20% on a shared machine (every time is kept
+the medians, as single runs move by up to a third on a shared machine (every time is kept
 in the result file). Then it checks that both give the same sequence snapshots (untimed) and
 compares time, memory (the highest of the runs) and bytes on disk per table family. Targets:
 time within 1.3x of the reference, peak memory at most 1.5 GB at 1M events, all tables at most

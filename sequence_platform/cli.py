@@ -255,9 +255,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    # Starting leaves ~1M long-lived Python objects (Dagster, SQLAlchemy, the definitions):
-    # the collector would walk them four times while they are created, for no garbage (0.3 s
-    # at 1M events: `gc.callbacks`, see the README's Performance). It stays off until the run
+    # Starting leaves ~340,000 objects the collector tracks (Dagster, SQLAlchemy, the
+    # definitions): it would walk them four times while they are created, for no garbage
+    # (0.3 s: `gc.callbacks`, see the README's Performance). It stays off until the run
     # starts; then what is alive is frozen out of its walks until the run is over.
     collecting = gc.isenabled()
     gc.disable()

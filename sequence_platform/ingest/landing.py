@@ -113,9 +113,9 @@ def read_landing_days(
     A row whose time is not on its landing day is refused: the landing contract puts every
     row in the folder of its UTC date, and a day is rewritten as a whole. Consecutive Parquet
     files of one schema are validated together, in one pass, which gives the same rows (each
-    rule looks at one row) for less: a pass per file cost a 30-day chunk 0.35 s, one 0.05 s.
-    A Parquet row's origin is written out only when it is refused (writing it for all rows
-    cost as much again).
+    rule looks at one row) for less: validating a 30-day chunk's files one by one took 0.23 s,
+    one pass 0.05 s. A Parquet row's origin is written out only when it is refused (not a
+    string for every row).
     """
     if any(later <= earlier for earlier, later in itertools.pairwise(days)):
         raise ValueError(f"landing days must ascend, each once; got {list(days)}")

@@ -38,9 +38,9 @@ PARQUET = WriterProperties(
     default_column_properties=ColumnProperties(dictionary_enabled=False),
 )
 """How every table's Parquet files are written: zstd at its fastest level, no dictionary pages.
-Against delta-rs's default (Snappy with dictionaries), on the 1M-event benchmark's tables: a
-third to a half fewer bytes (signals 39.0 -> 23.9 MB, a sequence 38.2 -> 23.9 MB, events
-37.0 -> 20.0 MB) written in 13-40% less time; reading a whole table takes 5-40% longer, a day of
+Against delta-rs's default (Snappy with dictionaries), on the 1M-event benchmark's tables:
+30-46% fewer bytes (signals 39.0 -> 23.9 MB, a sequence 38.2 -> 23.9 MB, events
+37.0 -> 20.0 MB) written in 13-40% less time; reading a whole table takes 4-46% longer, a day of
 one user the same (README, Performance)."""
 
 T = TypeVar("T")
