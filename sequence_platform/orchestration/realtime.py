@@ -298,7 +298,7 @@ def stream_sensor(
             with platform.open_stream() as stream:
                 ends = stream.end_offsets(source.topic_name)
                 writer = RealtimeWriter(catalog, platform.layout, stream)
-                committed = writer.committed_offset_of_partitions(source.name, ends) if ends else {}
+                committed = writer.committed_offset_of_partitions(source.name, ends)
         except StreamUnavailable as error:
             return dg.SkipReason(f"stream down: {error}")
         if not ends:

@@ -87,10 +87,14 @@ class ContinuousIndexer:
         writer = self._writer
         worked = False
         for source in self.catalog.sources.values():
-            for partition, end in self.stream.end_offsets(source.topic_name).items():
+            ends = self.stream.end_offsets(source.topic_name)
+            unseen = [p for p in ends if (source.name, p) not in self._positions]
+            for partition, offset in writer.committed_offset_of_partitions(
+                source.name, unseen
+            ).items():
+                self._positions[(source.name, partition)] = offset
+            for partition, end in ends.items():
                 key = (source.name, partition)
-                if key not in self._positions:
-                    self._positions[key] = writer.committed_offset(source.name, partition)
                 start = self._positions[key]
                 if start >= end:
                     continue

@@ -137,6 +137,8 @@ class RealtimeWriter:
     def _committed(self, source: str, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
         topic = self.catalog.sources[source].topic_name
         ids = {partition: app_id(topic, partition) for partition in partitions}
+        if not ids:  # no table is opened for no partition
+            return {}
         per_table = {
             uri: committed_versions(uri, ids.values(), self.layout.storage_options)
             for uri in self.tables(source)
