@@ -67,10 +67,9 @@ class Reader:
         # One version of the stored table for both: which days it holds, and their rows.
         stored_table = open_table(self.layout.sequence(spec), options)
         stored_days = set(day_records(stored_table, first, day - timedelta(days=1)))
-        element = self.catalog.sequence_element_schema(spec.name)
         stored = scan_table(
             stored_table,
-            pl.Schema({"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}),
+            self.catalog.stored_row_schema(spec.name),
             first,
             day - timedelta(days=1),
         )
@@ -177,10 +176,7 @@ class DayWindowReader(Reader):
         window = day_range(first, day)
         stored_days = [d for d in window if d in held]
         signal_days = [d for d in window if d not in held]
-        element = self.catalog.sequence_element_schema(spec.name)
-        stored_schema = pl.Schema(
-            {"user_id": pl.Int64(), **{n: pl.List(t) for n, t in element.items()}}
-        )
+        stored_schema = self.catalog.stored_row_schema(spec.name)
         # In the order Reader.batch_rows_for_day reads them (the first copy of an event wins).
         stored = self._rows(
             spec, stored_uri, stored_schema, stored_days, explode_snapshot, "user_id"

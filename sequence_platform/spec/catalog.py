@@ -82,6 +82,12 @@ class Catalog:
         signal = self.signal_schema(spec.signal)
         return pl.Schema({name: signal[name] for name in spec.stored_fields})
 
+    def stored_row_schema(self, sequence: str) -> pl.Schema:
+        """A sequence table's columns as its readers scan them: ``user_id`` and one list column
+        per stored field (``dt`` and ``length`` aside)."""
+        elements = self.sequence_element_schema(sequence)
+        return pl.Schema({"user_id": pl.Int64(), **{n: pl.List(t) for n, t in elements.items()}})
+
     def served_schema(self, sequence: str) -> pl.Schema:
         """Every field a request may ask for: stored, request-time enriched, and the age."""
         spec = self.sequences[sequence]
