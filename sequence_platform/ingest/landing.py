@@ -82,21 +82,6 @@ def landing_files(home: Path, name: str, day: date) -> list[Path]:
     return found
 
 
-def read_landing_day(
-    home: Path,
-    name: str,
-    day: date,
-    schema: pl.Schema,
-    *,
-    required: tuple[str, ...],
-    time_field: str,
-) -> DecodedEvents:
-    """Validated rows of one landing day and the rejects (``read_landing_days`` for one day,
-    without the day column)."""
-    decoded = read_landing_days(home, name, [day], schema, required=required, time_field=time_field)
-    return DecodedEvents(decoded.valid.drop(DAY), decoded.rejected.drop(DAY))
-
-
 def read_landing_days(
     home: Path,
     name: str,

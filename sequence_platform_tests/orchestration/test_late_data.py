@@ -16,7 +16,7 @@ import pytest
 
 from sequence_platform import read_sequences
 from sequence_platform.ingest.generate import GenerationConfig, generate_landing
-from sequence_platform.ingest.landing import landing_dir, read_landing_day
+from sequence_platform.ingest.landing import landing_dir, read_landing_days
 from sequence_platform.ingest.stream import open_stream
 from sequence_platform.orchestration import build_definitions
 from sequence_platform.orchestration.definitions import BATCH_JOB
@@ -257,10 +257,10 @@ def test_a_landing_copy_on_another_day_displaces_the_stream_copy(world: World) -
 def landing_rows_read(world: World, day: date) -> int:
     """Valid landing rows of the day, duplicates included."""
     catalog = load_catalog()
-    decoded = read_landing_day(
+    decoded = read_landing_days(
         world.home,
         "engagement",
-        day,
+        [day],
         catalog.event_schema("engagement"),
         required=tuple(REQUIRED_EVENT_FIELDS),
         time_field="event_time",

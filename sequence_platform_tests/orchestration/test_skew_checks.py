@@ -24,7 +24,7 @@ import pytest
 from deltalake import DeltaTable
 
 from sequence_platform.ingest.generate import GenerationConfig, generate_landing
-from sequence_platform.ingest.landing import landing_dir, read_landing_day
+from sequence_platform.ingest.landing import landing_dir, read_landing_days
 from sequence_platform.ingest.stream import open_stream
 from sequence_platform.orchestration import build_definitions
 from sequence_platform.orchestration.runner import materialize_days
@@ -157,10 +157,10 @@ def sequence_key(name: str) -> dg.AssetKey:
 
 def landing_events(world: World, day: date) -> list[dict[str, Any]]:
     schema = world.catalog.event_schema("engagement")
-    valid = read_landing_day(
+    valid = read_landing_days(
         world.home,
         "engagement",
-        day,
+        [day],
         schema,
         required=tuple(REQUIRED_EVENT_FIELDS),
         time_field="event_time",
